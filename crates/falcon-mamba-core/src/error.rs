@@ -1,0 +1,155 @@
+//! The one error type of the library: every variant names the file, tensor or value at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running a Falcon Mamba model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file (config, generation config, shard index) is not valid JSON for its purpose.
+    #[error("invalid JSON in {}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A config value is out of range or unsupported.
+    #[error("invalid config {}: `{field}` = {value}: {reason}", path.display())]
+    InvalidConfig {
+        /// The config file (or `<memory>` for configs built in code).
+        path: PathBuf,
+        /// The field at fault.
+        field: &'static str,
+        /// Its value, as written.
+        value: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// A generation setting is out of range.
+    #[error("invalid generation setting `{field}` = {value}: {reason}")]
+    InvalidGeneration {
+        /// The setting at fault.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// The directory holds neither `model.safetensors` nor `model.safetensors.index.json`.
+    #[error("no weights in {}: expected model.safetensors or model.safetensors.index.json", dir.display())]
+    NoWeights {
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
+    /// A safetensors file is malformed or truncated.
+    #[error("invalid safetensors file {}: {reason}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The shard index json is malformed or inconsistent.
+    #[error("invalid shard index {}: {reason}", path.display())]
+    InvalidIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor the config requires is not in the checkpoint.
+    #[error("tensor `{name}` is missing from the checkpoint in {}", dir.display())]
+    MissingTensor {
+        /// The tensor name.
+        name: String,
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
+    /// A tensor's shape does not match the config.
+    #[error("tensor `{name}` in {} has shape {actual:?}, the config requires {expected:?}", path.display())]
+    ShapeMismatch {
+        /// The tensor name.
+        name: String,
+        /// The file holding it.
+        path: PathBuf,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape on disk.
+        actual: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype the loader cannot read as floats.
+    #[error("tensor `{name}` in {} has dtype {dtype}; supported weight dtypes are F32, F16 and BF16", path.display())]
+    UnsupportedDtype {
+        /// The tensor name.
+        name: String,
+        /// The file holding it.
+        path: PathBuf,
+        /// The dtype on disk.
+        dtype: String,
+    },
+    /// The tokenizer file could not be loaded or used.
+    #[error("tokenizer {}: {reason}", path.display())]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A prompt has no tokens.
+    #[error("empty prompt (batch row {row}): at least one token is needed")]
+    EmptyPrompt {
+        /// The batch row.
+        row: usize,
+    },
+    /// Prompts of one batch differ in length.
+    #[error("batch row {row} has {actual} tokens but row 0 has {expected}: prompts of a batch must have equal length")]
+    RaggedBatch {
+        /// The first row that differs.
+        row: usize,
+        /// Row 0's length.
+        expected: usize,
+        /// This row's length.
+        actual: usize,
+    },
+    /// A token id does not exist in the model's vocabulary.
+    #[error("token id {id} (batch row {row}, position {position}) is out of range: vocab_size is {vocab_size}")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// The batch row.
+        row: usize,
+        /// The position in the row.
+        position: usize,
+        /// The model's vocabulary size.
+        vocab_size: usize,
+    },
+    /// A recurrent state does not fit the model or batch it is used with.
+    #[error("state mismatch: {reason}")]
+    StateMismatch {
+        /// What differs.
+        reason: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
