@@ -1,1 +1,19 @@
-pub fn x(){}
+//! Falcon Mamba on burn: the model, its recurrent state, the selective-scan op and generation.
+//!
+//! `FalconMamba<B>` runs on any burn backend `B` that implements [`SelectiveScanBackend`].
+#![warn(missing_docs)]
+
+pub mod generate;
+pub mod mixer;
+pub mod model;
+pub mod norm;
+pub mod pretrained;
+pub mod scan;
+pub mod state;
+
+pub use generate::{Generation, TextGeneration};
+pub use model::{Block, FalconMamba};
+pub use scan::{ScanInput, SelectiveScanBackend};
+pub use state::{LayerState, State};
+/// The burn version this crate is built on, for naming backends and tensors.
+pub use burn;

@@ -247,6 +247,13 @@ impl FalconMambaConfig {
                 return Err(invalid(field, "0".into(), "must be at least 1"));
             }
         }
+        if self.conv_kernel < 2 {
+            return Err(invalid(
+                "conv_kernel",
+                self.conv_kernel.to_string(),
+                "must be at least 2 (the recurrent state keeps K-1 conv inputs)",
+            ));
+        }
         if u32::try_from(self.vocab_size).is_err() {
             return Err(invalid(
                 "vocab_size",

@@ -9,6 +9,51 @@ use serde_json::Value;
 use crate::config::token_ids;
 use crate::error::{Error, Result};
 
+/// How a prompt is fed through the model before the first new token. All modes give the same
+/// logits and state up to f32 rounding; they trade speed against memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefill {
+    /// One pass over the whole prompt: fastest, activation memory O(prompt length).
+    #[default]
+    Parallel,
+    /// Passes of at most this many tokens, carrying the state: memory O(chunk), any length.
+    Chunked(usize),
+    /// Token by token through the decode step: constant memory.
+    Sequential,
+}
+
+impl Prefill {
+    /// The number of tokens fed per pass for a prompt of `len` tokens.
+    pub fn chunk_len(self, len: usize) -> usize {
+        match self {
+            Prefill::Parallel => len.max(1),
+            Prefill::Chunked(n) => n.max(1),
+            Prefill::Sequential => 1,
+        }
+    }
+}
+
+impl std::str::FromStr for Prefill {
+    type Err = Error;
+
+    /// Parses `parallel`, `sequential` or `chunked:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = || Error::InvalidGeneration {
+            field: "prefill",
+            value: s.to_string(),
+            reason: "expected parallel, sequential or chunked:N with N >= 1",
+        };
+        match s {
+            "parallel" => Ok(Prefill::Parallel),
+            "sequential" => Ok(Prefill::Sequential),
+            _ => match s.strip_prefix("chunked:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n >= 1 => Ok(Prefill::Chunked(n)),
+                _ => Err(invalid()),
+            },
+        }
+    }
+}
+
 /// Settings of one generation call. The defaults are transformers': greedy, 20 new tokens.
 ///
 /// ```
@@ -39,6 +84,8 @@ pub struct GenerationConfig {
     pub seed: u64,
     /// A row stops when it produces one of these ids (the id itself is emitted).
     pub eos_token_ids: Vec<u32>,
+    /// How the prompt is fed before the first new token.
+    pub prefill: Prefill,
 }
 
 impl Default for GenerationConfig {
@@ -52,6 +99,7 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.0,
             seed: 0,
             eos_token_ids: Vec::new(),
+            prefill: Prefill::Parallel,
         }
     }
 }
@@ -157,6 +205,12 @@ impl GenerationConfig {
         self
     }
 
+    /// Chooses how the prompt is fed.
+    pub fn with_prefill(mut self, prefill: Prefill) -> Self {
+        self.prefill = prefill;
+        self
+    }
+
     /// Checks every setting's range.
     pub fn validate(&self) -> Result<()> {
         let invalid = |field, value: String, reason| {
@@ -187,6 +241,9 @@ impl GenerationConfig {
         }
         if self.top_k == Some(0) {
             return invalid("top_k", "0".into(), "must be at least 1");
+        }
+        if self.prefill == Prefill::Chunked(0) {
+            return invalid("prefill", "chunked:0".into(), "chunks need at least one token");
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return invalid(

@@ -19,6 +19,6 @@ pub mod tokenizer;
 pub use checkpoint::{expected_tensors, Checkpoint, TensorSpec};
 pub use config::{FalconMambaConfig, ModelType};
 pub use error::{Error, Result};
-pub use generation::GenerationConfig;
+pub use generation::{GenerationConfig, Prefill};
 pub use sampling::Sampler;
 pub use tokenizer::{DecodeStream, Tokenizer};

@@ -1,0 +1,72 @@
+//! The selective-scan op: the one place where backends differ. Model code calls
+//! [`SelectiveScanBackend`]; each backend picks an implementation by implementing the trait.
+//!
+//! Layouts are mamba-ssm's (channel-major, so one (batch, channel) pair reads contiguous time),
+//! the same as the scalar oracle in [`falcon_mamba_core::reference`].
+
+pub mod reference;
+
+use burn::prelude::*;
+
+/// Inputs of one chunk of the selective scan.
+#[derive(Debug, Clone)]
+pub struct ScanInput<B: Backend> {
+    /// The conv output. `[batch, channels, len]`
+    pub x: Tensor<B, 3>,
+    /// dt after dt_proj, before its bias and softplus. `[batch, channels, len]`
+    pub delta: Tensor<B, 3>,
+    /// Continuous-time A = -exp(A_log). `[channels, state]`
+    pub a: Tensor<B, 2>,
+    /// Input-dependent B. `[batch, state, len]`
+    pub b: Tensor<B, 3>,
+    /// Input-dependent C. `[batch, state, len]`
+    pub c: Tensor<B, 3>,
+    /// Skip connection D. `[channels]`
+    pub d: Tensor<B, 1>,
+    /// Gate: the output is multiplied by silu(z) when present. `[batch, channels, len]`
+    pub z: Option<Tensor<B, 3>>,
+    /// dt_proj's bias, added to delta before softplus when present. `[channels]`
+    pub delta_bias: Option<Tensor<B, 1>>,
+    /// The SSM state to continue from (zeros for a fresh sequence). `[batch, channels, state]`
+    pub state: Tensor<B, 3>,
+}
+
+/// A backend that can run the Mamba mixer's sequence ops.
+///
+/// The provided methods are the tensor-op [`reference`] implementation, valid on every backend
+/// (Autodiff included); a backend with a fused kernel overrides them.
+pub trait SelectiveScanBackend: Backend {
+    /// `delta = softplus(delta + delta_bias)`; per time step `s = exp(delta * a) * s + delta * b * x`,
+    /// `y = <s, c> + d * x`, `y *= silu(z)`; accumulation in f32.
+    ///
+    /// Returns `(y [batch, channels, len], final state [batch, channels, state])`.
+    fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        reference::selective_scan(input)
+    }
+
+    /// Depthwise causal conv1d with bias, then SiLU, continuing from `conv_state` (the K-1 previous
+    /// pre-conv inputs per channel).
+    ///
+    /// x: `[batch, channels, len]`, weight: `[channels, kernel]`, bias: `[channels]`,
+    /// conv_state: `[batch, channels, kernel - 1]`.
+    /// Returns `(silu(conv(x) + bias) [batch, channels, len], new conv_state)`.
+    fn causal_conv1d(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        conv_state: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        reference::causal_conv1d(x, weight, bias, conv_state)
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl<E, I, Q> SelectiveScanBackend for burn::backend::NdArray<E, I, Q>
+where
+    E: burn::backend::ndarray::FloatNdArrayElement,
+    I: burn::backend::ndarray::IntNdArrayElement,
+    Q: burn::backend::ndarray::QuantElement,
+    burn::backend::ndarray::NdArrayTensor: From<burn::backend::ndarray::SharedArray<E>>
+        + From<burn::backend::ndarray::SharedArray<I>>,
+{
+}
