@@ -1,1 +1,9 @@
+//! The whole test suite in one binary, so the burn stack is monomorphised once (DESIGN.md §6).
 
+mod bad_input;
+mod common;
+mod end_to_end;
+mod parity;
+mod prefill;
+mod scan;
+mod tokenizer;

@@ -1,0 +1,116 @@
+//! Shared helpers: the backend under test, locating `../shared`, reading reference tensors.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+/// The backend every test runs on.
+pub type B = burn::backend::NdArray<f32>;
+
+pub fn device() -> burn::tensor::Device<B> {
+    Default::default()
+}
+
+/// `../shared` next to the repository root.
+pub fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// Every fixture folder (config.json + reference.safetensors) under `$FALCON_MAMBA_FIXTURES`
+/// (default `../shared/fixtures`). Panics when the directory is missing or holds none: a parity
+/// suite that silently tests nothing must not pass.
+pub fn fixture_dirs() -> Vec<PathBuf> {
+    let root = std::env::var_os("FALCON_MAMBA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared().join("fixtures"));
+    let entries = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("fixture directory {} unreadable: {e}", root.display()));
+    let mut dirs: Vec<PathBuf> = entries
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.join("config.json").is_file() && p.join("reference.safetensors").is_file())
+        .collect();
+    dirs.sort();
+    assert!(
+        !dirs.is_empty(),
+        "no fixture folders (config.json + reference.safetensors) in {}",
+        root.display()
+    );
+    dirs
+}
+
+/// `reference.safetensors` of a fixture.
+pub struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    pub fn open(dir: &Path) -> Self {
+        let path = dir.join("reference.safetensors");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Reference { bytes }
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("valid reference.safetensors")
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors().tensor(name).is_ok()
+    }
+
+    /// A float32 tensor as values and shape.
+    pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let view = self
+            .tensors()
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference tensor {name} missing"));
+        assert_eq!(view.dtype(), Dtype::F32, "{name}");
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        (values, view.shape().to_vec())
+    }
+
+    /// An int64 `[rows, cols]` id tensor as rows of u32.
+    pub fn ids(&self, name: &str) -> Vec<Vec<u32>> {
+        let view = self
+            .tensors()
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference tensor {name} missing"));
+        assert_eq!(view.dtype(), Dtype::I64, "{name}");
+        let values: Vec<u32> = view
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
+        let cols = *view.shape().last().unwrap();
+        values.chunks(cols).map(<[u32]>::to_vec).collect()
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str) -> Tensor<B, D> {
+        let (values, shape) = self.f32(name);
+        Tensor::from_data(TensorData::new(values, shape), &device())
+    }
+}
+
+pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+/// Largest absolute difference; panics on a shape mismatch.
+pub fn max_abs_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    values((a - b).abs().max())[0]
+}
+
+/// A scratch directory unique to this process and `name`, emptied first.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("falcon-mamba-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}

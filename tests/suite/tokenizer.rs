@@ -1,0 +1,50 @@
+//! The Falcon tokenizer against `tokenizers`' Python results (../shared/fixtures/tokenizer).
+
+use falcon_mamba::Tokenizer;
+
+use crate::common::shared;
+
+#[test]
+fn encodings_decodings_and_streaming_match_the_fixture() {
+    let dir = shared().join("fixtures/tokenizer");
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer.vocab_size(), fixture["vocab_size"].as_u64().unwrap() as usize);
+    assert_eq!(tokenizer.token_id("<|endoftext|>"), Some(11));
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 24, "{} cases", cases.len());
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let decoded = case["decoded"].as_str().unwrap();
+        assert_eq!(tokenizer.encode(text).unwrap(), ids, "encode {text:?}");
+        assert_eq!(tokenizer.decode(&ids).unwrap(), decoded, "decode {text:?}");
+
+        let mut stream = tokenizer.decode_stream();
+        let mut streamed = String::new();
+        for &id in &ids {
+            if let Some(piece) = stream.step(id).unwrap() {
+                streamed.push_str(&piece);
+            }
+        }
+        streamed.extend(stream.finish().unwrap());
+        assert_eq!(streamed, decoded, "streaming decode {text:?}");
+    }
+}
+
+#[test]
+fn streaming_never_splits_a_character() {
+    let tokenizer = Tokenizer::from_file(shared().join("fixtures/tokenizer/tokenizer.json")).unwrap();
+    // Byte-level tokens of multi-byte characters: pieces must each be valid whole characters.
+    let text = "日本語のテキスト 🙂👩‍👩‍👧 Ünïcödé";
+    let ids = tokenizer.encode(text).unwrap();
+    let mut stream = tokenizer.decode_stream();
+    let mut pieces = Vec::new();
+    for &id in &ids {
+        pieces.extend(stream.step(id).unwrap());
+    }
+    pieces.extend(stream.finish().unwrap());
+    assert!(pieces.iter().all(|p| !p.contains(char::REPLACEMENT_CHARACTER)), "{pieces:?}");
+    assert_eq!(pieces.concat(), text);
+}
