@@ -41,7 +41,5 @@ pub type Cpu = falcon_mamba_burn::burn::backend::NdArray<f32>;
 pub mod prelude {
     #[cfg(feature = "ndarray")]
     pub use crate::Cpu;
-    pub use crate::{
-        FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, State, Tokenizer,
-    };
+    pub use crate::{FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, State, Tokenizer};
 }

@@ -20,7 +20,10 @@ fn load(dir: &Path) -> Error {
 }
 
 /// A copy of the `tiny` fixture whose weights went through `edit` (name, dtype, shape, bytes).
-fn tiny_with_weights(name: &str, edit: impl Fn(&str, Dtype, Vec<usize>, &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>) -> PathBuf {
+fn tiny_with_weights(
+    name: &str,
+    edit: impl Fn(&str, Dtype, Vec<usize>, &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+) -> PathBuf {
     let dir = scratch_dir(name);
     std::fs::copy(tiny().join("config.json"), dir.join("config.json")).unwrap();
     let bytes = std::fs::read(tiny().join("model.safetensors")).unwrap();
@@ -46,13 +49,20 @@ fn keep(_: &str, d: Dtype, s: Vec<usize>, b: &[u8]) -> Option<(Dtype, Vec<usize>
 
 fn assert_names(e: &Error, culprit: &str) {
     let message = e.to_string();
-    assert!(message.contains(culprit), "error {message:?} does not name {culprit:?}");
+    assert!(
+        message.contains(culprit),
+        "error {message:?} does not name {culprit:?}"
+    );
 }
 
 #[test]
 fn missing_config_json() {
     let dir = scratch_dir("no-config");
-    std::fs::copy(tiny().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        tiny().join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
     let e = load(&dir);
     assert!(matches!(e, Error::Io { .. }), "{e:?}");
     assert_names(&e, "config.json");
@@ -62,16 +72,31 @@ fn missing_config_json() {
 fn invalid_config_value() {
     let dir = tiny_with_weights("bad-config", keep);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), config.replace("\"state_size\": 16", "\"state_size\": 0")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"state_size\": 16", "\"state_size\": 0"),
+    )
+    .unwrap();
     let e = load(&dir);
-    assert!(matches!(e, Error::InvalidConfig { field: "state_size", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "state_size",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_names(&e, "state_size");
 }
 
 #[test]
 fn missing_tensor() {
     let name = "backbone.layers.1.mixer.A_log";
-    let dir = tiny_with_weights("missing-tensor", |n, d, s, b| (n != name).then(|| (d, s, b.to_vec())));
+    let dir = tiny_with_weights("missing-tensor", |n, d, s, b| {
+        (n != name).then(|| (d, s, b.to_vec()))
+    });
     let e = load(&dir);
     assert!(matches!(e, Error::MissingTensor { .. }), "{e:?}");
     assert_names(&e, name);
@@ -129,7 +154,11 @@ fn sharded_copy(name: &str) -> PathBuf {
 #[test]
 fn corrupt_index_json() {
     let dir = sharded_copy("corrupt-index");
-    std::fs::write(dir.join("model.safetensors.index.json"), "{\"weight_map\": {\"a\": ").unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        "{\"weight_map\": {\"a\": ",
+    )
+    .unwrap();
     let e = load(&dir);
     assert!(matches!(e, Error::Json { .. }), "{e:?}");
     assert_names(&e, "model.safetensors.index.json");
@@ -147,36 +176,66 @@ fn index_naming_a_missing_shard() {
 #[test]
 fn token_id_out_of_range() {
     let model = FalconMamba::<B>::from_pretrained(tiny(), &device()).unwrap();
-    let e = model.generate(&[[5u32, 256]], &GenerationConfig::default()).err().unwrap();
-    assert!(matches!(e, Error::TokenOutOfRange { id: 256, position: 1, .. }), "{e:?}");
+    let e = model
+        .generate(&[[5u32, 256]], &GenerationConfig::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            Error::TokenOutOfRange {
+                id: 256,
+                position: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_names(&e, "256");
 }
 
 #[test]
 fn empty_prompt() {
     let model = FalconMamba::<B>::from_pretrained(tiny(), &device()).unwrap();
-    let e = model.generate(&[Vec::<u32>::new()], &GenerationConfig::default()).err().unwrap();
+    let e = model
+        .generate(&[Vec::<u32>::new()], &GenerationConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::EmptyPrompt { .. }), "{e:?}");
     assert_names(&e, "empty prompt");
 
     let dir = shared().join("models/tiny-falcon-vocab");
     let model = FalconMamba::<B>::from_pretrained(&dir, &device()).unwrap();
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let e = model.generate_text(&tokenizer, "", &GenerationConfig::default()).err().unwrap();
+    let e = model
+        .generate_text(&tokenizer, "", &GenerationConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::EmptyPrompt { .. }), "{e:?}");
 }
 
 #[test]
 fn ragged_batches_and_bad_settings() {
     let model = FalconMamba::<B>::from_pretrained(tiny(), &device()).unwrap();
-    let e = model.generate(&[vec![1u32, 2], vec![3]], &GenerationConfig::default()).err().unwrap();
+    let e = model
+        .generate(&[vec![1u32, 2], vec![3]], &GenerationConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::RaggedBatch { row: 1, .. }), "{e:?}");
     let e = model
-        .generate(&[[1u32]], &GenerationConfig::default().with_temperature(1.0).with_top_p(1.5))
+        .generate(
+            &[[1u32]],
+            &GenerationConfig::default()
+                .with_temperature(1.0)
+                .with_top_p(1.5),
+        )
         .err()
         .unwrap();
     assert_names(&e, "top_p");
     let mut state = model.new_state(2);
-    let e = model.forward(model.input_ids(&[[1u32]]).unwrap(), &mut state).err().unwrap();
+    let e = model
+        .forward(model.input_ids(&[[1u32]]).unwrap(), &mut state)
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::StateMismatch { .. }), "{e:?}");
 }

@@ -19,7 +19,11 @@ fn tiny_falcon_vocab_matches_transformers() {
         let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         let new_ids: Vec<u32> = serde_json::from_value(case["greedy_new_ids"].clone()).unwrap();
         let new_text = case["greedy_new_text"].as_str().unwrap();
-        assert_eq!(tokenizer.encode(prompt).unwrap(), ids, "{prompt:?}: prompt ids");
+        assert_eq!(
+            tokenizer.encode(prompt).unwrap(),
+            ids,
+            "{prompt:?}: prompt ids"
+        );
 
         // EOS stopping off, as in the reference.
         let config = GenerationConfig::default().with_max_new_tokens(new_ids.len());
@@ -29,7 +33,11 @@ fn tiny_falcon_vocab_matches_transformers() {
             .map(|step| step[0].unwrap())
             .collect();
         assert_eq!(generated, new_ids, "{prompt:?}: greedy ids");
-        assert_eq!(tokenizer.decode(&generated).unwrap(), new_text, "{prompt:?}: text");
+        assert_eq!(
+            tokenizer.decode(&generated).unwrap(),
+            new_text,
+            "{prompt:?}: text"
+        );
         let streamed: String = model
             .generate_text(&tokenizer, prompt, &config)
             .unwrap()
@@ -40,11 +48,17 @@ fn tiny_falcon_vocab_matches_transformers() {
         // The last-position logits' top 5 against transformers' values.
         let mut state = model.new_state(1);
         let logits = model
-            .prefill(model.input_ids(&[&ids]).unwrap(), &mut state, Default::default())
+            .prefill(
+                model.input_ids(&[&ids]).unwrap(),
+                &mut state,
+                Default::default(),
+            )
             .unwrap();
         let logits = values(logits);
-        let top_ids: Vec<u32> = serde_json::from_value(case["last_logits_top5_ids"].clone()).unwrap();
-        let top_values: Vec<f32> = serde_json::from_value(case["last_logits_top5_values"].clone()).unwrap();
+        let top_ids: Vec<u32> =
+            serde_json::from_value(case["last_logits_top5_ids"].clone()).unwrap();
+        let top_values: Vec<f32> =
+            serde_json::from_value(case["last_logits_top5_values"].clone()).unwrap();
         for (id, value) in top_ids.iter().zip(top_values) {
             let diff = (logits[*id as usize] - value).abs();
             assert!(diff <= 1e-4, "{prompt:?}: logit of {id} off by {diff:e}");
@@ -60,6 +74,9 @@ fn generation_stops_at_eos() {
     let config = GenerationConfig::default()
         .with_max_new_tokens(10)
         .with_eos_token_ids([44275]);
-    let steps: Vec<_> = model.generate(&[[9856u32, 1722]], &config).unwrap().collect();
+    let steps: Vec<_> = model
+        .generate(&[[9856u32, 1722]], &config)
+        .unwrap()
+        .collect();
     assert_eq!(steps, vec![vec![Some(44275)]]);
 }

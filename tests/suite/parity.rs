@@ -61,15 +61,24 @@ impl Fixture {
 
 /// Runs `check` on every fixture and batch prefix, printing each measured difference; fails with
 /// every violation listed.
-pub fn for_each_fixture(what: &str, mut check: impl FnMut(&Fixture, &str) -> Vec<(String, f32, f32)>) {
+pub fn for_each_fixture(
+    what: &str,
+    mut check: impl FnMut(&Fixture, &str) -> Vec<(String, f32, f32)>,
+) {
     let mut failures = Vec::new();
     for dir in fixture_dirs() {
         let fixture = Fixture::load(&dir);
         for batch in fixture.batches.clone() {
             for (item, diff, tol) in check(&fixture, &batch) {
-                println!("{what:>14} {:<20} {batch} {item:<28} max abs diff {diff:.3e} (tol {tol:.0e})", fixture.name);
-                if !(diff <= tol) {
-                    failures.push(format!("{} {batch} {item}: {diff:e} > {tol:e}", fixture.name));
+                println!(
+                    "{what:>14} {:<20} {batch} {item:<28} max abs diff {diff:.3e} (tol {tol:.0e})",
+                    fixture.name
+                );
+                if diff.is_nan() || diff > tol {
+                    failures.push(format!(
+                        "{} {batch} {item}: {diff:e} > {tol:e}",
+                        fixture.name
+                    ));
                 }
             }
         }
@@ -88,12 +97,27 @@ fn full_forward_logits_and_hidden() {
         let logits = logits.select(1, f.positions());
         let hidden = hidden.select(1, f.positions());
         let mut out = vec![
-            ("logits".into(), max_abs_diff(logits.clone(), f.reference.tensor(&format!("{batch}.logits"))), TOL),
-            ("hidden_final".into(), max_abs_diff(hidden, f.reference.tensor(&format!("{batch}.hidden_final"))), TOL),
+            (
+                "logits".into(),
+                max_abs_diff(
+                    logits.clone(),
+                    f.reference.tensor(&format!("{batch}.logits")),
+                ),
+                TOL,
+            ),
+            (
+                "hidden_final".into(),
+                max_abs_diff(hidden, f.reference.tensor(&format!("{batch}.hidden_final"))),
+                TOL,
+            ),
         ];
         let native = format!("{batch}.logits_bf16_native");
         if f.reference.has(&native) {
-            out.push(("logits_bf16_native".into(), max_abs_diff(logits, f.reference.tensor(&native)), BF16_NATIVE_TOL));
+            out.push((
+                "logits_bf16_native".into(),
+                max_abs_diff(logits, f.reference.tensor(&native)),
+                BF16_NATIVE_TOL,
+            ));
         }
         out
     });
@@ -112,7 +136,11 @@ fn per_layer_outputs_and_layer0_intermediates() {
         for (i, layer) in layers.into_iter().enumerate() {
             let name = format!("{batch}.layer_out.{i}");
             let layer = layer.select(1, f.positions());
-            out.push((format!("layer_out.{i}"), max_abs_diff(layer, f.reference.tensor(&name)), TOL));
+            out.push((
+                format!("layer_out.{i}"),
+                max_abs_diff(layer, f.reference.tensor(&name)),
+                TOL,
+            ));
         }
         if f.reference.has(&format!("{batch}.layer0.norm_out")) {
             let block = &f.model.layers[0];
@@ -129,7 +157,11 @@ fn per_layer_outputs_and_layer0_intermediates() {
             ];
             for (name, value) in parts {
                 let reference = f.reference.tensor(&format!("{batch}.layer0.{name}"));
-                out.push((format!("layer0.{name}"), max_abs_diff(value, reference), TOL));
+                out.push((
+                    format!("layer0.{name}"),
+                    max_abs_diff(value, reference),
+                    TOL,
+                ));
             }
         }
         out
@@ -148,9 +180,17 @@ fn state_after_the_prompt() {
             let conv: Tensor<B, 3> = f.reference.tensor(&format!("{batch}.cache.conv_state.{i}"));
             let [_, _, k] = conv.dims();
             let conv = conv.narrow(2, 1, k - 1);
-            out.push((format!("conv_state.{i}"), max_abs_diff(layer.conv.clone(), conv), TOL));
+            out.push((
+                format!("conv_state.{i}"),
+                max_abs_diff(layer.conv.clone(), conv),
+                TOL,
+            ));
             let ssm = f.reference.tensor(&format!("{batch}.cache.ssm_state.{i}"));
-            out.push((format!("ssm_state.{i}"), max_abs_diff(layer.ssm.clone(), ssm), TOL));
+            out.push((
+                format!("ssm_state.{i}"),
+                max_abs_diff(layer.ssm.clone(), ssm),
+                TOL,
+            ));
         }
         out
     });
@@ -158,7 +198,13 @@ fn state_after_the_prompt() {
 
 /// Prefill, then feed `fed` one token at a time; `expected[:, 0]` are the logits after the prompt
 /// when `include_prefill`, and each later entry the logits after one fed token.
-fn decode_diffs(f: &Fixture, batch: &str, fed: &[Vec<u32>], expected: Tensor<B, 3>, include_prefill: bool) -> f32 {
+fn decode_diffs(
+    f: &Fixture,
+    batch: &str,
+    fed: &[Vec<u32>],
+    expected: Tensor<B, 3>,
+    include_prefill: bool,
+) -> f32 {
     let ids = f.model.input_ids(&f.prompt(batch)).unwrap();
     let mut state = f.model.new_state(ids.dims()[0]);
     let mut logits = vec![f.model.prefill(ids, &mut state, Prefill::Parallel).unwrap()];
@@ -182,8 +228,16 @@ fn step_decode_and_forced_decode_logits() {
         let decode = f.reference.tensor(&format!("{batch}.decode_logits"));
         let forced_logits = f.reference.tensor(&format!("{batch}.forced_decode_logits"));
         vec![
-            ("decode_logits".into(), decode_diffs(f, batch, &generated, decode, true), TOL),
-            ("forced_decode_logits".into(), decode_diffs(f, batch, &forced, forced_logits, false), TOL),
+            (
+                "decode_logits".into(),
+                decode_diffs(f, batch, &generated, decode, true),
+                TOL,
+            ),
+            (
+                "forced_decode_logits".into(),
+                decode_diffs(f, batch, &forced, forced_logits, false),
+                TOL,
+            ),
         ]
     });
 }
@@ -193,11 +247,26 @@ fn greedy_ids_are_identical() {
     for_each_fixture("greedy", |f, batch| {
         let expected = f.reference.ids(&format!("{batch}.generated_ids"));
         let config = GenerationConfig::default().with_max_new_tokens(expected[0].len());
-        let steps: Vec<Vec<Option<u32>>> = f.model.generate(&f.prompt(batch), &config).unwrap().collect();
-        let rows: Vec<Vec<u32>> = (0..expected.len())
-            .map(|r| steps.iter().map(|s| s[r].expect("no eos configured")).collect())
+        let steps: Vec<Vec<Option<u32>>> = f
+            .model
+            .generate(&f.prompt(batch), &config)
+            .unwrap()
             .collect();
-        assert_eq!(rows, expected, "{} {batch}: greedy ids ({})", f.name, f.dir.display());
+        let rows: Vec<Vec<u32>> = (0..expected.len())
+            .map(|r| {
+                steps
+                    .iter()
+                    .map(|s| s[r].expect("no eos configured"))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            expected,
+            "{} {batch}: greedy ids ({})",
+            f.name,
+            f.dir.display()
+        );
         vec![("generated_ids (equal)".into(), 0.0, 0.0)]
     });
 }

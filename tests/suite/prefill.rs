@@ -15,7 +15,8 @@ fn state_diff(a: &State<B>, b: &State<B>) -> f32 {
         .iter()
         .zip(&b.layers)
         .map(|(a, b)| {
-            max_abs_diff(a.conv.clone(), b.conv.clone()).max(max_abs_diff(a.ssm.clone(), b.ssm.clone()))
+            max_abs_diff(a.conv.clone(), b.conv.clone())
+                .max(max_abs_diff(a.ssm.clone(), b.ssm.clone()))
         })
         .fold(0.0, f32::max)
 }
@@ -44,8 +45,16 @@ fn every_prefill_mode_gives_the_same_logits_and_state() {
         let mut out = Vec::new();
         for mode in modes {
             let (logits, state) = run(mode);
-            out.push((format!("{mode:?} logits"), max_abs_diff(logits, parallel_logits.clone()), LOGITS_TOL));
-            out.push((format!("{mode:?} state"), state_diff(&state, &parallel_state), STATE_TOL));
+            out.push((
+                format!("{mode:?} logits"),
+                max_abs_diff(logits, parallel_logits.clone()),
+                LOGITS_TOL,
+            ));
+            out.push((
+                format!("{mode:?} state"),
+                state_diff(&state, &parallel_state),
+                STATE_TOL,
+            ));
         }
 
         // Every position's logits, chunk by chunk through `forward`, against one parallel pass.
@@ -54,9 +63,17 @@ fn every_prefill_mode_gives_the_same_logits_and_state() {
         let mut state = f.model.new_state(rows.len());
         let chunks: Vec<Tensor<B, 3>> = (0..len)
             .step_by(5)
-            .map(|s| f.model.forward(ids.clone().narrow(1, s, 5.min(len - s)), &mut state).unwrap())
+            .map(|s| {
+                f.model
+                    .forward(ids.clone().narrow(1, s, 5.min(len - s)), &mut state)
+                    .unwrap()
+            })
             .collect();
-        out.push(("chunks of 5, all positions".into(), max_abs_diff(Tensor::cat(chunks, 1), whole), LOGITS_TOL));
+        out.push((
+            "chunks of 5, all positions".into(),
+            max_abs_diff(Tensor::cat(chunks, 1), whole),
+            LOGITS_TOL,
+        ));
         out
     });
 }

@@ -16,7 +16,10 @@ impl Lcg {
     fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
             })
             .collect()
@@ -29,18 +32,39 @@ fn tensor<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<B, D> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn reference_scan_matches_the_scalar_oracle() {
     let mut rng = Lcg(42);
-    for (batch, channels, state, len) in [(1, 1, 8, 1), (3, 37, 16, 5), (1, 37, 16, 300), (3, 5, 8, 64)] {
-        for (gate, bias, initial) in [(false, false, false), (true, true, true), (true, false, true)] {
-            let dims = ScanDims { batch, channels, state, len };
+    for (batch, channels, state, len) in [
+        (1, 1, 8, 1),
+        (3, 37, 16, 5),
+        (1, 37, 16, 300),
+        (3, 5, 8, 64),
+    ] {
+        for (gate, bias, initial) in [
+            (false, false, false),
+            (true, true, true),
+            (true, false, true),
+        ] {
+            let dims = ScanDims {
+                batch,
+                channels,
+                state,
+                len,
+            };
             let x = rng.vec(batch * channels * len, 1.0);
             let delta = rng.vec(batch * channels * len, 2.0);
-            let a: Vec<f32> = rng.vec(channels * state, 1.0).iter().map(|v| -(v * 2.0).exp()).collect();
+            let a: Vec<f32> = rng
+                .vec(channels * state, 1.0)
+                .iter()
+                .map(|v| -(v * 2.0).exp())
+                .collect();
             let b = rng.vec(batch * state * len, 1.0);
             let c = rng.vec(batch * state * len, 1.0);
             let d = rng.vec(channels, 1.0);
@@ -68,12 +92,20 @@ fn reference_scan_matches_the_scalar_oracle() {
                 d: tensor(&d, [channels]),
                 z: gate.then(|| tensor(&z, [batch, channels, len])),
                 delta_bias: bias.then(|| tensor(&delta_bias, [channels])),
-                state: if initial { tensor(&s0, [batch, channels, state]) } else { Tensor::zeros([batch, channels, state], &device()) },
+                state: if initial {
+                    tensor(&s0, [batch, channels, state])
+                } else {
+                    Tensor::zeros([batch, channels, state], &device())
+                },
             });
-            let case = format!("B{batch} D{channels} N{state} L{len} z{gate} bias{bias} s0{initial}");
+            let case =
+                format!("B{batch} D{channels} N{state} L{len} z{gate} bias{bias} s0{initial}");
             let (dy, ds) = (max_diff(&values(y), &y_ref), max_diff(&values(s), &s_ref));
             println!("scan {case}: y {dy:.2e}, state {ds:.2e}");
-            assert!(dy <= TOL && ds <= TOL, "{case}: y {dy:e}, state {ds:e} > {TOL:e}");
+            assert!(
+                dy <= TOL && ds <= TOL,
+                "{case}: y {dy:e}, state {ds:e} > {TOL:e}"
+            );
         }
     }
 }
@@ -81,8 +113,15 @@ fn reference_scan_matches_the_scalar_oracle() {
 #[test]
 fn reference_conv_matches_the_scalar_oracle() {
     let mut rng = Lcg(7);
-    for (batch, channels, len, kernel) in [(1, 1, 1, 4), (3, 37, 5, 4), (2, 16, 33, 2), (1, 8, 3, 6)] {
-        let dims = ScanDims { batch, channels, state: 1, len };
+    for (batch, channels, len, kernel) in
+        [(1, 1, 1, 4), (3, 37, 5, 4), (2, 16, 33, 2), (1, 8, 3, 6)]
+    {
+        let dims = ScanDims {
+            batch,
+            channels,
+            state: 1,
+            len,
+        };
         let x = rng.vec(batch * channels * len, 1.0);
         let w = rng.vec(channels * kernel, 1.0);
         let bias = rng.vec(channels, 0.5);
@@ -95,6 +134,9 @@ fn reference_conv_matches_the_scalar_oracle() {
             tensor(&s0, [batch, channels, kernel - 1]),
         );
         let (dy, ds) = (max_diff(&values(y), &y_ref), max_diff(&values(s), &s_ref));
-        assert!(dy <= 1e-6 && ds == 0.0, "B{batch} D{channels} L{len} K{kernel}: y {dy:e}, state {ds:e}");
+        assert!(
+            dy <= 1e-6 && ds == 0.0,
+            "B{batch} D{channels} L{len} K{kernel}: y {dy:e}, state {ds:e}"
+        );
     }
 }

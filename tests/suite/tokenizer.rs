@@ -9,8 +9,12 @@ fn encodings_decodings_and_streaming_match_the_fixture() {
     let dir = shared().join("fixtures/tokenizer");
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap()).unwrap();
-    assert_eq!(tokenizer.vocab_size(), fixture["vocab_size"].as_u64().unwrap() as usize);
+        serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        tokenizer.vocab_size(),
+        fixture["vocab_size"].as_u64().unwrap() as usize
+    );
     assert_eq!(tokenizer.token_id("<|endoftext|>"), Some(11));
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 24, "{} cases", cases.len());
@@ -35,7 +39,8 @@ fn encodings_decodings_and_streaming_match_the_fixture() {
 
 #[test]
 fn streaming_never_splits_a_character() {
-    let tokenizer = Tokenizer::from_file(shared().join("fixtures/tokenizer/tokenizer.json")).unwrap();
+    let tokenizer =
+        Tokenizer::from_file(shared().join("fixtures/tokenizer/tokenizer.json")).unwrap();
     // Byte-level tokens of multi-byte characters: pieces must each be valid whole characters.
     let text = "日本語のテキスト 🙂👩‍👩‍👧 Ünïcödé";
     let ids = tokenizer.encode(text).unwrap();
@@ -45,6 +50,11 @@ fn streaming_never_splits_a_character() {
         pieces.extend(stream.step(id).unwrap());
     }
     pieces.extend(stream.finish().unwrap());
-    assert!(pieces.iter().all(|p| !p.contains(char::REPLACEMENT_CHARACTER)), "{pieces:?}");
+    assert!(
+        pieces
+            .iter()
+            .all(|p| !p.contains(char::REPLACEMENT_CHARACTER)),
+        "{pieces:?}"
+    );
     assert_eq!(pieces.concat(), text);
 }

@@ -121,7 +121,10 @@ impl<B: SelectiveScanBackend> Iterator for Generation<'_, B> {
                 .iter()
                 .map(|s| i64::from(*s.last().unwrap_or(&0)))
                 .collect();
-            let ids = Tensor::from_data(TensorData::new(fed, [self.seen.len()]), &self.model.device());
+            let ids = Tensor::from_data(
+                TensorData::new(fed, [self.seen.len()]),
+                &self.model.device(),
+            );
             // The state was checked when generation started, so a step cannot fail.
             self.next_logits = self.model.step(ids, &mut self.state).ok();
         }

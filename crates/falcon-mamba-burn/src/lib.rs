@@ -11,9 +11,9 @@ pub mod pretrained;
 pub mod scan;
 pub mod state;
 
+/// The burn version this crate is built on, for naming backends and tensors.
+pub use burn;
 pub use generate::{Generation, TextGeneration};
 pub use model::{Block, FalconMamba};
 pub use scan::{ScanInput, SelectiveScanBackend};
 pub use state::{LayerState, State};
-/// The burn version this crate is built on, for naming backends and tensors.
-pub use burn;

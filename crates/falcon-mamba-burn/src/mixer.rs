@@ -1,8 +1,8 @@
 //! The Mamba mixer: in_proj → causal conv + SiLU → x_proj → (B/C/dt norms) → dt_proj → selective
 //! scan gated by silu(z) → out_proj (DESIGN.md §2).
 
-use burn::nn::Linear;
 use burn::module::Param;
+use burn::nn::Linear;
 use burn::prelude::*;
 
 use crate::norm::rms;
@@ -72,7 +72,10 @@ impl<B: SelectiveScanBackend> Mixer<B> {
 
         let in_proj_out = self.in_proj.forward(hidden); // [batch, len, 2 * channels]
         let x = in_proj_out.clone().narrow(2, 0, channels).swap_dims(1, 2); // [batch, channels, len]
-        let z = in_proj_out.clone().narrow(2, channels, channels).swap_dims(1, 2); // [batch, channels, len]
+        let z = in_proj_out
+            .clone()
+            .narrow(2, channels, channels)
+            .swap_dims(1, 2); // [batch, channels, len]
 
         let (x, conv_state) = B::causal_conv1d(
             x,

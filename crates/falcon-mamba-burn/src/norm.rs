@@ -22,6 +22,12 @@ impl<B: Backend> RmsNorm<B> {
 
 /// `x / sqrt(mean(x^2) + eps)` over the last dimension, without a weight.
 pub fn rms<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
-    let inv_rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt().recip();
+    let inv_rms = x
+        .clone()
+        .square()
+        .mean_dim(D - 1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     x * inv_rms
 }

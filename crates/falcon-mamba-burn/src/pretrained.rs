@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use burn::nn::{Embedding, Linear};
 use burn::module::Param;
+use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use falcon_mamba_core::{expected_tensors, Checkpoint, FalconMambaConfig, Result};
 
@@ -93,7 +93,9 @@ impl<B: Backend, P: FnMut(usize, usize)> Loader<'_, B, P> {
     fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear<B>> {
         let weight = self.tensor::<2>(&format!("{prefix}.weight"))?.transpose();
         let bias = if bias {
-            Some(Param::from_tensor(self.tensor::<1>(&format!("{prefix}.bias"))?))
+            Some(Param::from_tensor(
+                self.tensor::<1>(&format!("{prefix}.bias"))?,
+            ))
         } else {
             None
         };
@@ -116,10 +118,13 @@ impl<B: Backend, P: FnMut(usize, usize)> Loader<'_, B, P> {
         let mixer = Mixer {
             in_proj: self.linear(&format!("{m}.in_proj"), config.use_bias)?,
             conv_weight: Param::from_tensor(
-                self.tensor::<3>(&format!("{m}.conv1d.weight"))?.squeeze_dim(1),
+                self.tensor::<3>(&format!("{m}.conv1d.weight"))?
+                    .squeeze_dim(1),
             ),
             conv_bias: if config.use_conv_bias {
-                Some(Param::from_tensor(self.tensor(&format!("{m}.conv1d.bias"))?))
+                Some(Param::from_tensor(
+                    self.tensor(&format!("{m}.conv1d.bias"))?,
+                ))
             } else {
                 None
             },

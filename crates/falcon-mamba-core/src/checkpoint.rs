@@ -228,20 +228,32 @@ pub fn expected_tensors(config: &FalconMambaConfig) -> Vec<TensorSpec> {
     for i in 0..config.num_hidden_layers {
         let p = format!("backbone.layers.{i}");
         specs.push(TensorSpec::new(format!("{p}.norm.weight"), [h]));
-        specs.push(TensorSpec::new(format!("{p}.mixer.in_proj.weight"), [2 * d, h]));
+        specs.push(TensorSpec::new(
+            format!("{p}.mixer.in_proj.weight"),
+            [2 * d, h],
+        ));
         if config.use_bias {
             specs.push(TensorSpec::new(format!("{p}.mixer.in_proj.bias"), [2 * d]));
         }
-        specs.push(TensorSpec::new(format!("{p}.mixer.conv1d.weight"), [d, 1, k]));
+        specs.push(TensorSpec::new(
+            format!("{p}.mixer.conv1d.weight"),
+            [d, 1, k],
+        ));
         if config.use_conv_bias {
             specs.push(TensorSpec::new(format!("{p}.mixer.conv1d.bias"), [d]));
         }
-        specs.push(TensorSpec::new(format!("{p}.mixer.x_proj.weight"), [r + 2 * n, d]));
+        specs.push(TensorSpec::new(
+            format!("{p}.mixer.x_proj.weight"),
+            [r + 2 * n, d],
+        ));
         specs.push(TensorSpec::new(format!("{p}.mixer.dt_proj.weight"), [d, r]));
         specs.push(TensorSpec::new(format!("{p}.mixer.dt_proj.bias"), [d]));
         specs.push(TensorSpec::new(format!("{p}.mixer.A_log"), [d, n]));
         specs.push(TensorSpec::new(format!("{p}.mixer.D"), [d]));
-        specs.push(TensorSpec::new(format!("{p}.mixer.out_proj.weight"), [h, d]));
+        specs.push(TensorSpec::new(
+            format!("{p}.mixer.out_proj.weight"),
+            [h, d],
+        ));
         if config.use_bias {
             specs.push(TensorSpec::new(format!("{p}.mixer.out_proj.bias"), [h]));
         }

@@ -165,7 +165,13 @@ impl FalconMambaConfig {
             Some(Value::Number(n)) => n
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| invalid("time_step_rank", &n, "expected a positive integer or \"auto\""))?,
+                .ok_or_else(|| {
+                    invalid(
+                        "time_step_rank",
+                        &n,
+                        "expected a positive integer or \"auto\"",
+                    )
+                })?,
             Some(other) => {
                 return Err(invalid(
                     "time_step_rank",
@@ -339,7 +345,8 @@ mod tests {
         assert!(e.to_string().contains("state_size"), "{e}");
         let e = FalconMambaConfig::from_json(r#"{"model_type": "llama"}"#, "cfg.json").unwrap_err();
         assert!(e.to_string().contains("model_type"), "{e}");
-        let e = FalconMambaConfig::from_json(r#"{"time_step_rank": "big"}"#, "cfg.json").unwrap_err();
+        let e =
+            FalconMambaConfig::from_json(r#"{"time_step_rank": "big"}"#, "cfg.json").unwrap_err();
         assert!(e.to_string().contains("time_step_rank"), "{e}");
     }
 }

@@ -243,7 +243,11 @@ impl GenerationConfig {
             return invalid("top_k", "0".into(), "must be at least 1");
         }
         if self.prefill == Prefill::Chunked(0) {
-            return invalid("prefill", "chunked:0".into(), "chunks need at least one token");
+            return invalid(
+                "prefill",
+                "chunked:0".into(),
+                "chunks need at least one token",
+            );
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return invalid(

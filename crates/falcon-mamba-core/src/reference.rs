@@ -60,7 +60,9 @@ pub fn selective_scan(inputs: &ScanInputs) -> (Vec<f32>, Vec<f32>) {
             let row = (bi * channels + ch) * len;
             let srow = (bi * channels + ch) * state;
             for (n, s) in s.iter_mut().enumerate() {
-                *s = inputs.initial_state.map_or(0.0, |s0| f64::from(s0[srow + n]));
+                *s = inputs
+                    .initial_state
+                    .map_or(0.0, |s0| f64::from(s0[srow + n]));
             }
             let bias = inputs.delta_bias.map_or(0.0, |bias| f64::from(bias[ch]));
             for t in 0..len {
@@ -160,7 +162,9 @@ mod tests {
     }
 
     fn ramp(n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * scale).collect()
+        (0..n)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * scale)
+            .collect()
     }
 
     #[test]
@@ -187,7 +191,12 @@ mod tests {
             v.chunks(l).flat_map(|r| r[from..to].to_vec()).collect()
         };
         let part = |from, to, s0: Option<&[f32]>| {
-            let (x, delta, b, c) = (cut(&x, from, to), cut(&delta, from, to), cut(&b, from, to), cut(&c, from, to));
+            let (x, delta, b, c) = (
+                cut(&x, from, to),
+                cut(&delta, from, to),
+                cut(&b, from, to),
+                cut(&c, from, to),
+            );
             selective_scan(&ScanInputs {
                 dims: dims(to - from),
                 x: &x,
@@ -203,7 +212,9 @@ mod tests {
         };
         // The carried state is rounded to f32 between the parts: equal to f32 rounding.
         let close = |a: &[f32], b: &[f32]| {
-            a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + a.abs()))
+            a.iter()
+                .zip(b)
+                .all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + a.abs()))
         };
         let (y1, s1) = part(0, l1, None);
         let (y2, s2) = part(l1, l, Some(&s1));

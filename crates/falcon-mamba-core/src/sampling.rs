@@ -135,12 +135,16 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_seeds_reproduce() {
-        let config = GenerationConfig::default().with_temperature(1.0).with_top_k(1);
+        let config = GenerationConfig::default()
+            .with_temperature(1.0)
+            .with_top_k(1);
         let mut s = Sampler::new(&config, 0);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut [0.0, 0.5, 0.4], &[]), 1);
         }
-        let config = GenerationConfig::default().with_temperature(1.0).with_seed(7);
+        let config = GenerationConfig::default()
+            .with_temperature(1.0)
+            .with_seed(7);
         let draw = |stream| {
             let mut s = Sampler::new(&config, stream);
             (0..32)
@@ -155,7 +159,9 @@ mod tests {
     #[test]
     fn top_p_keeps_the_nucleus_only() {
         // Probabilities ~ [0.64, 0.24, 0.09, 0.03]: p = 0.7 keeps the first two.
-        let config = GenerationConfig::default().with_temperature(1.0).with_top_p(0.7);
+        let config = GenerationConfig::default()
+            .with_temperature(1.0)
+            .with_top_p(0.7);
         let mut s = Sampler::new(&config, 3);
         let logits = [3.0f32, 2.0, 1.0, 0.0];
         let mut seen = [false; 4];

@@ -113,6 +113,9 @@ impl DecodeStream<'_> {
             .tokenizer
             .decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
-        Ok(text.get(prefix.len()..).filter(|s| !s.is_empty()).map(str::to_string))
+        Ok(text
+            .get(prefix.len()..)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string))
     }
 }
