@@ -105,11 +105,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
 
     /// The final hidden states (after norm_f, the input of lm_head), `[batch, len, hidden]`.
     pub fn hidden(&self, ids: Tensor<B, 2, Int>, state: &mut State<B>) -> Result<Tensor<B, 3>> {
-        self.check_state(state, ids.dims()[0])?;
-        let mut h = self.embedding.forward(ids); // [batch, len, hidden]
-        for (block, layer_state) in self.layers.iter().zip(&mut state.layers) {
-            h = h.clone() + block.mixer.forward(block.norm.forward(h), layer_state);
-        }
+        let h = self.residual_stream(ids, state, |_| {})?;
         Ok(self.norm_f.forward(h))
     }
 
@@ -120,14 +116,25 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         ids: Tensor<B, 2, Int>,
         state: &mut State<B>,
     ) -> Result<Vec<Tensor<B, 3>>> {
-        self.check_state(state, ids.dims()[0])?;
-        let mut h = self.embedding.forward(ids);
         let mut outputs = Vec::with_capacity(self.layers.len());
+        self.residual_stream(ids, state, |h| outputs.push(h.clone()))?;
+        Ok(outputs)
+    }
+
+    /// Embedding and every block; `after_block` sees the residual stream after each one.
+    fn residual_stream(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        state: &mut State<B>,
+        mut after_block: impl FnMut(&Tensor<B, 3>),
+    ) -> Result<Tensor<B, 3>> {
+        state.check(&self.config, ids.dims()[0])?;
+        let mut h = self.embedding.forward(ids); // [batch, len, hidden]
         for (block, layer_state) in self.layers.iter().zip(&mut state.layers) {
             h = h.clone() + block.mixer.forward(block.norm.forward(h), layer_state);
-            outputs.push(h.clone());
+            after_block(&h);
         }
-        Ok(outputs)
+        Ok(h)
     }
 
     /// One decode step: ids `[batch]` → logits `[batch, vocab]`, updating `state`.
@@ -146,7 +153,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         mode: Prefill,
     ) -> Result<Tensor<B, 2>> {
         let [batch, len] = ids.dims();
-        self.check_state(state, batch)?;
+        state.check(&self.config, batch)?;
         if len == 0 {
             return Err(Error::EmptyPrompt { row: 0 });
         }
@@ -166,9 +173,5 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
             Some(lm_head) => lm_head.forward(hidden),
             None => linear(hidden, self.embedding.weight.val().transpose(), None),
         }
-    }
-
-    fn check_state(&self, state: &State<B>, batch: usize) -> Result<()> {
-        state.check(&self.config, batch)
     }
 }

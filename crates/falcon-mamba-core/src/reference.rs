@@ -170,22 +170,9 @@ mod tests {
     #[test]
     fn a_scan_split_in_two_equals_one_scan() {
         let (l, l1) = (6, 2);
-        let d = dims(l);
         let (x, delta, b, c) = (ramp(36, 0.3), ramp(36, 0.2), ramp(48, 0.25), ramp(48, 0.15));
         let a: Vec<f32> = ramp(12, 0.1).iter().map(|v| -v.exp()).collect();
         let dd = ramp(3, 0.5);
-        let full = selective_scan(&ScanInputs {
-            dims: d,
-            x: &x,
-            delta: &delta,
-            a: &a,
-            b: &b,
-            c: &c,
-            d: &dd,
-            z: Some(&x),
-            delta_bias: Some(&dd),
-            initial_state: None,
-        });
         // Split time: slice every [.., len] row.
         let cut = |v: &[f32], from: usize, to: usize| -> Vec<f32> {
             v.chunks(l).flat_map(|r| r[from..to].to_vec()).collect()
@@ -216,6 +203,7 @@ mod tests {
                 .zip(b)
                 .all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + a.abs()))
         };
+        let full = part(0, l, None);
         let (y1, s1) = part(0, l1, None);
         let (y2, s2) = part(l1, l, Some(&s1));
         assert!(close(&s2, &full.1));
