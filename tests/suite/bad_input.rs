@@ -8,7 +8,7 @@ use safetensors::SafeTensors;
 
 use crate::common::{device, scratch_dir, shared, B};
 
-fn tiny() -> PathBuf {
+pub fn tiny() -> PathBuf {
     shared().join("fixtures/tiny")
 }
 
@@ -20,7 +20,7 @@ fn load(dir: &Path) -> Error {
 }
 
 /// A copy of the `tiny` fixture whose weights went through `edit` (name, dtype, shape, bytes).
-fn tiny_with_weights(
+pub fn tiny_with_weights(
     name: &str,
     edit: impl Fn(&str, Dtype, Vec<usize>, &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
 ) -> PathBuf {

@@ -67,6 +67,14 @@ fn tiny_falcon_vocab_matches_transformers() {
 }
 
 #[test]
+fn generation_config_json_gives_the_eos_ids() {
+    let dir = crate::common::shared().join("models/tiny-falcon-vocab");
+    let config = GenerationConfig::from_file(dir.join("generation_config.json")).unwrap();
+    assert_eq!(config.eos_token_ids, vec![11]);
+    assert!(!config.do_sample, "no do_sample in the file means greedy");
+}
+
+#[test]
 fn generation_stops_at_eos() {
     let dir = crate::common::shared().join("models/tiny-falcon-vocab");
     let model = FalconMamba::<B>::from_pretrained(&dir, &device()).unwrap();

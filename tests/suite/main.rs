@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod common;
+mod dtypes;
 mod end_to_end;
 mod parity;
 mod prefill;
