@@ -1,124 +1,98 @@
-//! Generate text from a local checkpoint directory on the CPU, streamed to stdout.
+//! Generate text from a checkpoint directory or hub id, streamed to stdout.
 //!
 //! ```text
-//! cargo run --release --example generate -- --model DIR --prompt TEXT \
-//!     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+//! cargo run --release --example generate -- --model DIR|HUB_ID --prompt TEXT   (or the prompt on stdin)
+//!     [--backend cpu|wgpu|cuda] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
+//!     [--repetition-penalty R] [--seed S] [--prefill parallel|chunked:N|sequential]
 //! ```
-//! Greedy unless a temperature > 0 is given. The last line (on stderr) reports throughput.
+//! The last line (stderr) reports load time, prompt and generation throughput and the state size.
 
-use std::io::Write;
+mod common;
+
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use falcon_mamba::prelude::*;
+use clap::Parser;
+use common::{line, ModelArgs, OnBackend, SamplingArgs};
+use falcon_mamba::SelectiveScanBackend;
 
-struct Args {
-    model: PathBuf,
-    prompt: String,
-    max_new_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
+/// Generate text with a Falcon Mamba model.
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt (read from stdin when absent).
+    #[arg(long)]
+    prompt: Option<String>,
 }
 
-const USAGE: &str = "usage: generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]";
+struct Generate {
+    dir: PathBuf,
+    cli: Cli,
+}
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1);
-    let (mut model, mut prompt) = (None, None);
-    let mut parsed = Args {
-        model: PathBuf::new(),
-        prompt: String::new(),
-        max_new_tokens: None,
-        temperature: None,
-        top_p: None,
-        seed: None,
-    };
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        fn number<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{flag}: not a number: {v:?}"))
+impl OnBackend for Generate {
+    fn run<B: SelectiveScanBackend>(self, device: B::Device) -> Result<(), String> {
+        let config = common::generation_config(&self.dir, &self.cli.sampling)?;
+        let prompt = match self.cli.prompt {
+            Some(p) => p,
+            None => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| format!("stdin: {e}"))?;
+                // `echo "prompt" | generate` should not end the prompt with a newline.
+                text.strip_suffix('\n').map(str::to_string).unwrap_or(text)
+            }
+        };
+        let start = Instant::now();
+        let (model, tokenizer) = common::load::<B>(&self.dir, &device)?;
+        let loaded = start.elapsed();
+
+        let start = Instant::now();
+        let mut text = model
+            .generate_text(&tokenizer, &prompt, &config)
+            .map_err(line)?;
+        let prefill = start.elapsed();
+        let prompt_tokens = text.tokens().sequences()[0].len();
+
+        let start = Instant::now();
+        let mut stdout = std::io::stdout().lock();
+        for piece in text.by_ref() {
+            let piece = piece.map_err(line)?;
+            stdout
+                .write_all(piece.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| format!("stdout: {e}"))?;
         }
-        match flag.as_str() {
-            "--model" => model = Some(PathBuf::from(value()?)),
-            "--prompt" => prompt = Some(value()?),
-            "--max-new-tokens" => parsed.max_new_tokens = Some(number(&flag, value()?)?),
-            "--temperature" => parsed.temperature = Some(number(&flag, value()?)?),
-            "--top-p" => parsed.top_p = Some(number(&flag, value()?)?),
-            "--seed" => parsed.seed = Some(number(&flag, value()?)?),
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
+        writeln!(stdout).map_err(|e| format!("stdout: {e}"))?;
+        let decode = start.elapsed();
+        let new_tokens = text.tokens().sequences()[0].len() - prompt_tokens;
+        eprintln!(
+            "load {:.2} s | prompt {prompt_tokens} tokens at {:.1} tok/s | {new_tokens} new tokens at {:.1} tok/s | state {} bytes",
+            loaded.as_secs_f64(),
+            prompt_tokens as f64 / prefill.as_secs_f64(),
+            new_tokens as f64 / decode.as_secs_f64(),
+            text.tokens().state().size_in_bytes(),
+        );
+        Ok(())
     }
-    parsed.model = model.ok_or(format!("--model is required\n{USAGE}"))?;
-    parsed.prompt = prompt.ok_or(format!("--prompt is required\n{USAGE}"))?;
-    Ok(parsed)
-}
-
-fn generation_config(args: &Args) -> falcon_mamba::Result<GenerationConfig> {
-    let file = args.model.join("generation_config.json");
-    let mut config = if file.is_file() {
-        GenerationConfig::from_file(file)?
-    } else {
-        GenerationConfig::default()
-    };
-    if let Some(n) = args.max_new_tokens {
-        config = config.with_max_new_tokens(n);
-    }
-    if let Some(t) = args.temperature {
-        config = config.with_temperature(t);
-    }
-    if let Some(p) = args.top_p {
-        config = config.with_top_p(p);
-    }
-    if let Some(s) = args.seed {
-        config = config.with_seed(s);
-    }
-    config.validate()?;
-    Ok(config)
-}
-
-fn run(args: &Args) -> falcon_mamba::Result<()> {
-    let config = generation_config(args)?;
-    let start = Instant::now();
-    let device = Default::default();
-    let model = FalconMamba::<Cpu>::from_pretrained(&args.model, &device)?;
-    let tokenizer = Tokenizer::from_file(args.model.join("tokenizer.json"))?;
-    let loaded = start.elapsed();
-
-    let start = Instant::now();
-    let mut text = model.generate_text(&tokenizer, &args.prompt, &config)?;
-    let prefill = start.elapsed();
-    let prompt_tokens = text.tokens().sequences()[0].len();
-
-    let start = Instant::now();
-    let mut stdout = std::io::stdout().lock();
-    for piece in text.by_ref() {
-        write!(stdout, "{}", piece?)
-            .and_then(|()| stdout.flush())
-            .ok();
-    }
-    writeln!(stdout).ok();
-    let decode = start.elapsed();
-    let new_tokens = text.tokens().sequences()[0].len() - prompt_tokens;
-    eprintln!(
-        "load {:.2} s | prompt {prompt_tokens} tokens, {:.1} tok/s | generated {new_tokens} tokens, {:.1} tok/s",
-        loaded.as_secs_f64(),
-        prompt_tokens as f64 / prefill.as_secs_f64(),
-        new_tokens as f64 / decode.as_secs_f64(),
-    );
-    Ok(())
 }
 
 fn main() -> ExitCode {
-    let result = parse_args().and_then(|args| run(&args).map_err(|e| e.to_string()));
+    let cli = Cli::parse();
+    let model_args = cli.model.clone();
+    let result = common::model_dir(&model_args.model)
+        .and_then(|dir| common::on_backend(&model_args, Generate { dir, cli }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }

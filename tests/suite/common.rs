@@ -19,13 +19,22 @@ pub fn shared() -> PathBuf {
 }
 
 /// Every fixture folder (config.json + reference.safetensors) under `$FALCON_MAMBA_FIXTURES`
-/// (default `../shared/fixtures`). Panics when the directory is missing or holds none: a parity
-/// suite that silently tests nothing must not pass.
+/// (default `../shared/fixtures`), then the repository's own `tests/fixtures` (Mamba-1).
+/// Panics when a directory is missing or holds none: a parity suite that silently tests nothing
+/// must not pass.
 pub fn fixture_dirs() -> Vec<PathBuf> {
     let root = std::env::var_os("FALCON_MAMBA_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| shared().join("fixtures"));
-    let entries = std::fs::read_dir(&root)
+    let mut dirs = fixtures_in(&root);
+    dirs.extend(fixtures_in(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    ));
+    dirs
+}
+
+fn fixtures_in(root: &Path) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(root)
         .unwrap_or_else(|e| panic!("fixture directory {} unreadable: {e}", root.display()));
     let mut dirs: Vec<PathBuf> = entries
         .map(|e| e.expect("readable directory entry").path())

@@ -18,8 +18,8 @@ pub struct Generation<'m, B: SelectiveScanBackend> {
     /// Prompt and generated ids per row (the repetition penalty's memory).
     seen: Vec<Vec<u32>>,
     finished: Vec<bool>,
-    /// Logits for the next token; `None` once generation is over.
-    next_logits: Option<Tensor<B, 2>>,
+    /// Logits after the prompt, until the first token is sampled from them.
+    prefill_logits: Option<Tensor<B, 2>>,
     produced: usize,
 }
 
@@ -46,7 +46,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     ) -> Result<Generation<'_, B>> {
         config.validate()?;
         let ids = self.input_ids(prompts)?;
-        let next_logits = self.prefill(ids, &mut state, config.prefill)?;
+        let prefill_logits = self.prefill(ids, &mut state, config.prefill)?;
         Ok(Generation {
             model: self,
             samplers: (0..prompts.len() as u64)
@@ -54,7 +54,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
                 .collect(),
             seen: prompts.iter().map(|p| p.as_ref().to_vec()).collect(),
             finished: vec![false; prompts.len()],
-            next_logits: (config.max_new_tokens > 0).then_some(next_logits),
+            prefill_logits: Some(prefill_logits),
             config: config.clone(),
             state,
             produced: 0,
@@ -77,8 +77,10 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
 }
 
 impl<B: SelectiveScanBackend> Generation<'_, B> {
-    /// The state after the prompt and every token produced so far (the last token is included
-    /// once the next step has run, i.e. after the iterator has ended it is not).
+    /// The state after the prompt and every emitted token except the last one, which is fed
+    /// only when the next token is asked for. So after the iterator ends (or is dropped) the state
+    /// never holds the final token (e.g. an eos), and continuing means feeding it, or the text
+    /// that replaces it, first.
     pub fn state(&self) -> &State<B> {
         &self.state
     }
@@ -98,7 +100,27 @@ impl<B: SelectiveScanBackend> Iterator for Generation<'_, B> {
     type Item = Vec<Option<u32>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let logits = self.next_logits.take()?; // [batch, vocab]
+        if self.produced == self.config.max_new_tokens || !self.finished.contains(&false) {
+            return None;
+        }
+        let logits = match self.prefill_logits.take() {
+            Some(logits) => logits,
+            None => {
+                // Feed the previous step's tokens; finished rows feed their last id, whose
+                // logits are ignored from now on.
+                let fed: Vec<i64> = self
+                    .seen
+                    .iter()
+                    .map(|s| i64::from(*s.last().unwrap_or(&0)))
+                    .collect();
+                let ids = Tensor::from_data(
+                    TensorData::new(fed, [self.seen.len()]),
+                    &self.model.device(),
+                );
+                // The state was checked when generation started, so a step cannot fail.
+                self.model.step(ids, &mut self.state).ok()?
+            }
+        }; // [batch, vocab]
         let vocab = self.model.config.vocab_size;
         let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
         let mut step = Vec::with_capacity(self.samplers.len());
@@ -114,20 +136,6 @@ impl<B: SelectiveScanBackend> Iterator for Generation<'_, B> {
             step.push(Some(id));
         }
         self.produced += 1;
-        if self.produced < self.config.max_new_tokens && self.finished.contains(&false) {
-            // Finished rows feed their last id: their logits are ignored from now on.
-            let fed: Vec<i64> = self
-                .seen
-                .iter()
-                .map(|s| i64::from(*s.last().unwrap_or(&0)))
-                .collect();
-            let ids = Tensor::from_data(
-                TensorData::new(fed, [self.seen.len()]),
-                &self.model.device(),
-            );
-            // The state was checked when generation started, so a step cannot fail.
-            self.next_logits = self.model.step(ids, &mut self.state).ok();
-        }
         Some(step)
     }
 }

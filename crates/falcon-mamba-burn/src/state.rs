@@ -1,8 +1,18 @@
 //! The recurrent state: what makes decoding O(1) per token. Per layer a conv state (the K-1 most
 //! recent pre-conv inputs) and an SSM state; its size never depends on the context length.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use burn::prelude::*;
 use falcon_mamba_core::{Error, FalconMambaConfig, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+/// Marks a safetensors file as a saved state.
+const FORMAT: &str = "falcon-mamba-state/1";
+/// Prefix of caller metadata in the file header, apart from the shape keys.
+const USER: &str = "user.";
 
 /// One layer's state.
 #[derive(Debug, Clone)]
@@ -81,5 +91,144 @@ impl<B: Backend> State<B> {
             }
         }
         Ok(())
+    }
+}
+
+impl<B: Backend> State<B> {
+    /// The model shape a state depends on, as recorded in a state file.
+    fn shape_record(config: &FalconMambaConfig, batch: usize) -> BTreeMap<String, String> {
+        [
+            ("num_hidden_layers", config.num_hidden_layers),
+            ("hidden_size", config.hidden_size),
+            ("intermediate_size", config.intermediate_size),
+            ("state_size", config.state_size),
+            ("conv_kernel", config.conv_kernel),
+            ("batch", batch),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Saves the state (f32, bit-exact) to a safetensors file together with the model shape it
+    /// belongs to and `metadata` (free-form strings the caller gets back from [`State::load`]).
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        config: &FalconMambaConfig,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        self.check(config, self.batch_size())?;
+        let mut header = Self::shape_record(config, self.batch_size());
+        header.insert("format".into(), FORMAT.into());
+        header.extend(
+            metadata
+                .iter()
+                .map(|(k, v)| (format!("{USER}{k}"), v.clone())),
+        );
+
+        let mut tensors = Vec::with_capacity(2 * self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, tensor) in [("conv", &layer.conv), ("ssm", &layer.ssm)] {
+                let shape = tensor.dims().to_vec();
+                let bytes: Vec<u8> = tensor
+                    .to_data()
+                    .iter::<f32>()
+                    .flat_map(f32::to_le_bytes)
+                    .collect();
+                tensors.push((format!("layers.{i}.{name}"), shape, bytes));
+            }
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                TensorView::new(Dtype::F32, shape.clone(), bytes).map(|view| (name.clone(), view))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Safetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        safetensors::serialize_to_file(views, Some(header.into_iter().collect()), path).map_err(
+            |e| Error::Safetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+        )
+    }
+
+    /// Loads a state saved by [`State::save`] for a model with `config`, returning it and the
+    /// caller metadata. A file saved for another model shape is a [`Error::StateMismatch`].
+    pub fn load(
+        path: impl AsRef<Path>,
+        config: &FalconMambaConfig,
+        device: &B::Device,
+    ) -> Result<(Self, BTreeMap<String, String>)> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |reason: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let (_, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let header = metadata.metadata().clone().unwrap_or_default();
+        if header.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(invalid(format!(
+                "not a falcon-mamba state file (no format = {FORMAT})"
+            )));
+        }
+        let batch: usize = header
+            .get("batch")
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| invalid("no batch size recorded".into()))?;
+        for (key, expected) in Self::shape_record(config, batch) {
+            let saved = header.get(&key).map(String::as_str).unwrap_or("(missing)");
+            if saved != expected {
+                return Err(Error::StateMismatch {
+                    reason: format!(
+                        "{} was saved for a model with {key} = {saved}, this model has {expected}",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let read = |name: String| -> Result<Tensor<B, 3>> {
+            let view = tensors
+                .tensor(&name)
+                .map_err(|_| invalid(format!("tensor `{name}` missing")))?;
+            if view.dtype() != Dtype::F32 || view.shape().len() != 3 {
+                return Err(invalid(format!("tensor `{name}` is not a 3-d F32 tensor")));
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok(Tensor::from_data(
+                TensorData::new(values, view.shape().to_vec()),
+                device,
+            ))
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                Ok(LayerState {
+                    conv: read(format!("layers.{i}.conv"))?,
+                    ssm: read(format!("layers.{i}.ssm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let state = State { layers };
+        state.check(config, batch)?;
+        let user = header
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(USER).map(|k| (k.to_string(), v)))
+            .collect();
+        Ok((state, user))
     }
 }

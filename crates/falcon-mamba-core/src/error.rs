@@ -106,6 +106,22 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A chat template could not be compiled or rendered.
+    #[error("chat template {}: {reason}", path.display())]
+    Template {
+        /// Where the template came from.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A hub id could not be resolved or downloaded.
+    #[error("cannot get `{id}` from the Hugging Face hub: {reason} (without network access, pass a local checkpoint directory instead)")]
+    Hub {
+        /// The hub id (or the path that was neither a directory nor an id).
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A prompt has no tokens.
     #[error("empty prompt (batch row {row}): at least one token is needed")]
     EmptyPrompt {

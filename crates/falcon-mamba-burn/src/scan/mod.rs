@@ -70,3 +70,21 @@ where
         From<burn::backend::ndarray::SharedArray<E>> + From<burn::backend::ndarray::SharedArray<I>>,
 {
 }
+
+// The CubeCL backends run the reference scan until their fused kernel lands (DESIGN.md §3).
+#[cfg(feature = "wgpu")]
+impl<F, I, BT> SelectiveScanBackend for burn::backend::Wgpu<F, I, BT>
+where
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+}
+
+#[cfg(feature = "cuda")]
+impl<F, I> SelectiveScanBackend for burn::backend::Cuda<F, I>
+where
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+{
+}

@@ -1,0 +1,146 @@
+//! What the examples share: model and sampling flags, hub resolution, backend dispatch.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use falcon_mamba::prelude::*;
+use falcon_mamba::SelectiveScanBackend;
+
+/// Which model, on which backend.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A local checkpoint directory, or a Hugging Face hub id (downloaded into the usual cache).
+    #[arg(long, default_value = "tiiuae/falcon-mamba-7b-instruct")]
+    pub model: String,
+    /// cpu, wgpu or cuda (the last two need the cargo feature of that name).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Compute dtype: f32 (f16 and bf16 are accepted names; no backend runs them yet).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// How tokens are chosen and the prompt fed.
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    /// Maximum number of new tokens (default: generation_config.json, else 20).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature; 0 = greedy (the default unless generation_config.json samples).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Keep the k most likely tokens when sampling.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling threshold in (0, 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Repetition penalty (1 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the sampling RNG.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// parallel, chunked:N or sequential.
+    #[arg(long, default_value = "parallel")]
+    pub prefill: String,
+}
+
+/// Turns any displayable error into the one-line message the examples print.
+pub fn line(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The checkpoint directory: `model` itself, or the hub id downloaded.
+pub fn model_dir(model: &str) -> Result<PathBuf, String> {
+    #[cfg(feature = "hub")]
+    return falcon_mamba::core::hub::resolve(model).map_err(line);
+    #[cfg(not(feature = "hub"))]
+    {
+        let dir = PathBuf::from(model);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(format!(
+                "{model}: no such checkpoint directory (hub ids need the `hub` feature)"
+            ))
+        }
+    }
+}
+
+/// generation_config.json from `dir` when present, then the flags on top, validated.
+pub fn generation_config(
+    dir: &std::path::Path,
+    args: &SamplingArgs,
+) -> Result<GenerationConfig, String> {
+    let file = dir.join("generation_config.json");
+    let mut config = if file.is_file() {
+        GenerationConfig::from_file(file).map_err(line)?
+    } else {
+        GenerationConfig::default()
+    };
+    if let Some(n) = args.max_new_tokens {
+        config = config.with_max_new_tokens(n);
+    }
+    if let Some(t) = args.temperature {
+        config = config.with_temperature(t);
+    }
+    if let Some(k) = args.top_k {
+        config = config.with_top_k(k);
+    }
+    if let Some(p) = args.top_p {
+        config = config.with_top_p(p);
+    }
+    if let Some(r) = args.repetition_penalty {
+        config = config.with_repetition_penalty(r);
+    }
+    if let Some(s) = args.seed {
+        config = config.with_seed(s);
+    }
+    config = config.with_prefill(args.prefill.parse().map_err(line)?);
+    config.validate().map_err(line)?;
+    Ok(config)
+}
+
+/// Work that runs on whichever backend the flags pick.
+pub trait OnBackend {
+    /// Runs on backend `B`.
+    fn run<B: SelectiveScanBackend>(self, device: B::Device) -> Result<(), String>;
+}
+
+/// Calls `job` with the backend and dtype named by the flags, or explains why it cannot.
+pub fn on_backend(args: &ModelArgs, job: impl OnBackend) -> Result<(), String> {
+    match args.dtype.as_str() {
+        "f32" => {}
+        "f16" | "bf16" => {
+            return Err(format!(
+                "--dtype {} is not supported on {} yet: the model runs in f32 (its state is always f32)",
+                args.dtype, args.backend
+            ))
+        }
+        other => return Err(format!("unknown --dtype {other:?}: expected f32, f16 or bf16")),
+    }
+    match args.backend.as_str() {
+        "cpu" => job.run::<Cpu>(Default::default()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => job.run::<falcon_mamba::model::burn::backend::Wgpu>(Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" => job.run::<falcon_mamba::model::burn::backend::Cuda>(Default::default()),
+        b @ ("wgpu" | "cuda") => Err(format!(
+            "backend {b} is not compiled into this binary: rebuild with --features {b}"
+        )),
+        other => Err(format!(
+            "unknown backend {other:?}: expected cpu, wgpu or cuda"
+        )),
+    }
+}
+
+/// Loads the model and tokenizer from `dir` onto `device`.
+pub fn load<B: SelectiveScanBackend>(
+    dir: &std::path::Path,
+    device: &falcon_mamba::model::burn::tensor::Device<B>,
+) -> Result<(FalconMamba<B>, Tokenizer), String> {
+    let model = FalconMamba::<B>::from_pretrained(dir, device).map_err(line)?;
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(line)?;
+    Ok((model, tokenizer))
+}
