@@ -1,10 +1,13 @@
 //! The whole test suite in one binary, so the burn stack is monomorphised once (DESIGN.md §6).
 
 mod bad_input;
+mod chat;
+mod cli;
 mod common;
 mod dtypes;
 mod end_to_end;
 mod parity;
 mod prefill;
 mod scan;
+mod state_file;
 mod tokenizer;

@@ -58,3 +58,27 @@ fn streaming_never_splits_a_character() {
     );
     assert_eq!(pieces.concat(), text);
 }
+
+#[test]
+fn special_tokens_encode_and_decode_as_single_ids() {
+    let dir = shared().join("fixtures/tokenizer");
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap())
+            .unwrap();
+    let specials = fixture["special_tokens"].as_object().unwrap();
+    assert_eq!(specials.len(), 12);
+    for (id, token) in specials {
+        let id: u32 = id.parse().unwrap();
+        let token = token.as_str().unwrap();
+        assert_eq!(tokenizer.encode(token).unwrap(), vec![id], "{token}");
+        assert_eq!(tokenizer.decode(&[id]).unwrap(), token);
+        assert_eq!(tokenizer.token_id(token), Some(id));
+    }
+    let ids = tokenizer.encode(">>QUESTION<<Why?<|endoftext|>").unwrap();
+    assert_eq!((ids[0], *ids.last().unwrap()), (6, 11));
+    assert_eq!(
+        tokenizer.decode(&ids).unwrap(),
+        ">>QUESTION<<Why?<|endoftext|>"
+    );
+}
