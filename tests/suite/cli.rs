@@ -231,3 +231,20 @@ fn bad_command_lines_give_one_line_errors() {
         assert_one_line_error(&out, mentions);
     }
 }
+
+#[test]
+fn a_hub_id_without_network_says_to_pass_a_directory() {
+    let mut command = example("generate");
+    command
+        .args([
+            "--model",
+            "tiiuae/falcon-mamba-7b-instruct",
+            "--prompt",
+            "hi",
+        ])
+        // A closed local port stands for "no network", and an empty cache for a first run.
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HOME", scratch_dir("empty-hf-home"));
+    let out = run(command, "");
+    assert_one_line_error(&out, "pass a local checkpoint directory");
+}

@@ -75,13 +75,17 @@ fn generation_config_json_gives_the_eos_ids() {
 }
 
 #[test]
-fn generation_stops_at_eos() {
+fn generation_stops_at_the_eos_ids_of_generation_config_json() {
     let dir = crate::common::shared().join("models/tiny-falcon-vocab");
     let model = FalconMamba::<B>::from_pretrained(&dir, &device()).unwrap();
-    // "Hello today" greedily produces 44275 forever: make it the eos id.
-    let config = GenerationConfig::default()
-        .with_max_new_tokens(10)
-        .with_eos_token_ids([44275]);
+    // "Hello today" greedily produces 44275 forever: make it the file's eos id.
+    let scratch = crate::common::scratch_dir("eos-config");
+    std::fs::write(
+        scratch.join("generation_config.json"),
+        r#"{"eos_token_id": [11, 44275], "max_new_tokens": 10}"#,
+    )
+    .unwrap();
+    let config = GenerationConfig::from_file(scratch.join("generation_config.json")).unwrap();
     let steps: Vec<_> = model
         .generate(&[[9856u32, 1722]], &config)
         .unwrap()
