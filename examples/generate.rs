@@ -86,13 +86,5 @@ impl OnBackend for Generate {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let model_args = cli.model.clone();
-    let result = common::model_dir(&model_args.model)
-        .and_then(|dir| common::on_backend(&model_args, Generate { dir, cli }));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run(&model_args, |dir| Generate { dir, cli })
 }

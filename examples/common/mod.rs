@@ -1,6 +1,7 @@
 //! What the examples share: model and sampling flags, hub resolution, backend dispatch.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Args;
 use falcon_mamba::prelude::*;
@@ -143,4 +144,16 @@ pub fn load<B: SelectiveScanBackend>(
     let model = FalconMamba::<B>::from_pretrained(dir, device).map_err(line)?;
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(line)?;
     Ok((model, tokenizer))
+}
+
+/// The examples' `main`: resolve the model, run `job` on the chosen backend, and report any
+/// error as one line on stderr with a failure exit code.
+pub fn run<J: OnBackend>(args: &ModelArgs, job: impl FnOnce(PathBuf) -> J) -> ExitCode {
+    match model_dir(&args.model).and_then(|dir| on_backend(args, job(dir))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

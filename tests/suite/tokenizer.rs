@@ -61,11 +61,7 @@ fn streaming_never_splits_a_character() {
 
 #[test]
 fn special_tokens_encode_and_decode_as_single_ids() {
-    let dir = shared().join("fixtures/tokenizer");
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap())
-            .unwrap();
+    let (tokenizer, fixture) = fixture();
     let specials = fixture["special_tokens"].as_object().unwrap();
     assert_eq!(specials.len(), 12);
     for (id, token) in specials {
