@@ -4,13 +4,17 @@ use falcon_mamba::Tokenizer;
 
 use crate::common::shared;
 
-#[test]
-fn encodings_decodings_and_streaming_match_the_fixture() {
+/// The Falcon tokenizer and its `encodings.json`.
+fn fixture() -> (Tokenizer, serde_json::Value) {
     let dir = shared().join("fixtures/tokenizer");
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap())
-            .unwrap();
+    let encodings = std::fs::read_to_string(dir.join("encodings.json")).unwrap();
+    (tokenizer, serde_json::from_str(&encodings).unwrap())
+}
+
+#[test]
+fn encodings_decodings_and_streaming_match_the_fixture() {
+    let (tokenizer, fixture) = fixture();
     assert_eq!(
         tokenizer.vocab_size(),
         fixture["vocab_size"].as_u64().unwrap() as usize
