@@ -25,8 +25,9 @@ pub struct Mixer<B: Backend> {
     pub dt_proj: Linear<B>,
     /// dt_proj's bias, added inside the scan before softplus. `[channels]`
     pub dt_bias: Param<Tensor<B, 1>>,
-    /// log(-A). `[channels, state]`
-    pub a_log: Param<Tensor<B, 2>>,
+    /// A = -exp(A_log), computed once when the weights are loaded rather than every step.
+    /// `[channels, state]`
+    pub a: Param<Tensor<B, 2>>,
     /// Skip connection. `[channels]`
     pub d: Param<Tensor<B, 1>>,
     /// channels → hidden. `[channels, hidden]`
@@ -99,7 +100,7 @@ impl<B: SelectiveScanBackend> Mixer<B> {
         let (y, ssm_state) = B::selective_scan(ScanInput {
             x,
             delta,
-            a: self.a_log.val().exp().neg(),
+            a: self.a.val(),
             b: b.swap_dims(1, 2), // [batch, n, len]
             c: c.swap_dims(1, 2), // [batch, n, len]
             d: self.d.val(),

@@ -59,7 +59,10 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     /// Builds an id tensor `[batch, len]` from rows of equal, non-zero length whose ids are all
     /// below `vocab_size`; anything else is a typed error naming the row and position.
     pub fn input_ids<R: AsRef<[u32]>>(&self, rows: &[R]) -> Result<Tensor<B, 2, Int>> {
-        let len = rows.first().map_or(0, |r| r.as_ref().len());
+        if rows.is_empty() {
+            return Err(Error::EmptyPrompt { row: 0 });
+        }
+        let len = rows[0].as_ref().len();
         let mut ids = Vec::with_capacity(rows.len() * len);
         for (row, r) in rows.iter().enumerate() {
             let r = r.as_ref();
@@ -84,9 +87,6 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
                 }
                 ids.push(i64::from(id));
             }
-        }
-        if rows.is_empty() {
-            return Err(Error::EmptyPrompt { row: 0 });
         }
         Ok(Tensor::from_data(
             TensorData::new(ids, [rows.len(), len]),

@@ -131,7 +131,7 @@ impl<B: Backend, P: FnMut(usize, usize)> Loader<'_, B, P> {
             x_proj: self.linear(&format!("{m}.x_proj"), false)?,
             dt_proj: self.linear(&format!("{m}.dt_proj"), false)?,
             dt_bias: Param::from_tensor(self.tensor(&format!("{m}.dt_proj.bias"))?),
-            a_log: Param::from_tensor(self.tensor(&format!("{m}.A_log"))?),
+            a: Param::from_tensor(self.tensor::<2>(&format!("{m}.A_log"))?.exp().neg()),
             d: Param::from_tensor(self.tensor(&format!("{m}.D"))?),
             out_proj: self.linear(&format!("{m}.out_proj"), config.use_bias)?,
             dt_rank: config.time_step_rank,
