@@ -4,6 +4,8 @@
 //! Layouts are mamba-ssm's (channel-major, so one (batch, channel) pair reads contiguous time),
 //! the same as the scalar oracle in [`falcon_mamba_core::reference`].
 
+#[cfg(feature = "ndarray")]
+pub mod cpu;
 pub mod reference;
 
 use burn::prelude::*;
@@ -41,7 +43,7 @@ pub trait SelectiveScanBackend: Backend {
     ///
     /// Returns `(y [batch, channels, len], final state [batch, channels, state])`.
     fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        reference::selective_scan(input)
+        cpu::selective_scan(input)
     }
 
     /// Depthwise causal conv1d with bias, then SiLU, continuing from `conv_state` (the K-1 previous
