@@ -8,6 +8,7 @@ pub mod mixer;
 pub mod model;
 pub mod norm;
 pub mod pretrained;
+pub mod random;
 pub mod scan;
 pub mod state;
 

@@ -227,6 +227,20 @@ impl FalconMambaConfig {
         Ok(config)
     }
 
+    /// A Falcon Mamba config with these widths and transformers' defaults for everything else
+    /// (intermediate_size = 2 × hidden, state 16, conv 4, dt rank ceil(hidden / 16)): the shapes
+    /// of random-weight benchmark models, e.g. `(768, 24, 65024)` for a 130m-like model.
+    pub fn falcon_mamba(
+        hidden_size: usize,
+        num_hidden_layers: usize,
+        vocab_size: usize,
+    ) -> Result<Self> {
+        let json = format!(
+            r#"{{"hidden_size": {hidden_size}, "num_hidden_layers": {num_hidden_layers}, "vocab_size": {vocab_size}, "tie_word_embeddings": false, "eos_token_id": 11}}"#
+        );
+        Self::from_json(&json, "<falcon_mamba shape>")
+    }
+
     /// Checks every value the model depends on; `Ok` means a model can be built from it.
     pub fn validate(&self) -> Result<()> {
         self.validate_as(Path::new("<memory>"))

@@ -8,7 +8,9 @@
 //! compiler vectorises; on x86-64 the block is compiled a second time for AVX2 + FMA and picked
 //! at run time.
 
+use burn::backend::ndarray::NdArrayTensor;
 use burn::prelude::*;
+use ndarray::{Axis, Ix3};
 use rayon::prelude::*;
 
 use super::reference::softplus_scalar;
@@ -18,24 +20,25 @@ use super::ScanInput;
 const LANES: usize = 16;
 
 /// See [`super::SelectiveScanBackend::selective_scan`].
-pub fn selective_scan<B: Backend>(input: ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+pub fn selective_scan<B>(input: ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>)
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
     let device = input.x.device();
     let [batch, channels, len] = input.x.dims();
     let state = input.a.dims()[1];
-    let host =
-        |t: Tensor<B, 3>| -> Vec<f32> { t.swap_dims(1, 2).into_data().iter::<f32>().collect() };
-    let x = host(input.x); // [batch, len, channels]
-    let delta = host(input.delta); // [batch, len, channels]
-    let z = input.z.map(host); // [batch, len, channels]
-    let b = host(input.b); // [batch, len, state]
-    let c = host(input.c); // [batch, len, state]
-    let a: Vec<f32> = input.a.transpose().into_data().iter::<f32>().collect(); // [state, channels]
-    let d: Vec<f32> = input.d.into_data().iter::<f32>().collect(); // [channels]
-    let bias: Vec<f32> = match input.delta_bias {
-        Some(bias) => bias.into_data().iter::<f32>().collect(),
-        None => vec![0.0; channels],
-    };
-    let s0: Vec<f32> = input.state.into_data().iter::<f32>().collect(); // [batch, channels, state]
+    let x = time_major(input.x); // [batch, len, channels]
+    let delta = time_major(input.delta); // [batch, len, channels]
+    let z = input.z.map(time_major); // [batch, len, channels]
+    let b = time_major(input.b); // [batch, len, state]
+    let c = time_major(input.c); // [batch, len, state]
+    let a_rows = host(input.a); // [channels, state]
+    let a: Vec<f32> = (0..state * channels)
+        .map(|i| a_rows[(i % channels) * state + i / channels])
+        .collect(); // [state, channels]
+    let d = host(input.d); // [channels]
+    let bias = input.delta_bias.map_or_else(|| vec![0.0; channels], host); // [channels]
+    let s0 = host(input.state); // [batch, channels, state]
 
     let blocks_per_row = channels.div_ceil(LANES);
     let shared = Shared {
@@ -76,6 +79,50 @@ pub fn selective_scan<B: Backend>(input: ScanInput<B>) -> (Tensor<B, 3>, Tensor<
     let y = Tensor::<B, 3>::from_data(TensorData::new(y, [batch, len, channels]), &device);
     let s = Tensor::from_data(TensorData::new(s, [batch, channels, state]), &device);
     (y.swap_dims(1, 2), s)
+}
+
+/// A tensor's values in row-major order. burn's `into_data` cannot take the buffer of a shared
+/// tensor (weights, states) and then walks it element by element through dynamic-rank indices;
+/// this copies the storage's slice in one go.
+fn host<B, const D: usize>(t: Tensor<B, D>) -> Vec<f32>
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    if let NdArrayTensor::F32(storage) = t.clone().into_primitive().tensor() {
+        if let Some(slice) = storage.view().as_slice() {
+            return slice.to_vec();
+        }
+    }
+    t.into_data().iter::<f32>().collect()
+}
+
+/// A `[batch, channels, len]` tensor as a contiguous `[batch, len, channels]` buffer.
+///
+/// The mixer's tensors are `[batch, len, channels]` in memory, viewed channel-major: copied row
+/// by row through a typed rank-3 view this is a memcpy per time step (burn's `into_data` would
+/// walk a strided view element by element through dynamic-rank indices, ~20x slower).
+fn time_major<B>(t: Tensor<B, 3>) -> Vec<f32>
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    let t = t.swap_dims(1, 2);
+    let NdArrayTensor::F32(storage) = t.clone().into_primitive().tensor() else {
+        return t.into_data().iter::<f32>().collect();
+    };
+    let view = storage.view();
+    let Ok(view) = view.into_dimensionality::<Ix3>() else {
+        unreachable!("a rank-3 tensor has a rank-3 view")
+    };
+    let mut out = Vec::with_capacity(view.len());
+    for row in view.axis_iter(Axis(0)) {
+        for line in row.axis_iter(Axis(0)) {
+            match line.as_slice() {
+                Some(slice) => out.extend_from_slice(slice),
+                None => out.extend(line.iter().copied()),
+            }
+        }
+    }
+    out
 }
 
 /// The host buffers every task reads.
@@ -201,7 +248,11 @@ fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a library call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2_E + ROUND) - ROUND;
+    let shifted = x * LOG2_E + ROUND;
+    let k = shifted - ROUND;
+    // `shifted` lies in [2^23, 2^24), where the low mantissa bits are the integer k itself: its
+    // bits minus ROUND's are k, with no float-to-int conversion (which would not vectorise).
+    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0 / 720.0;
     let p = p * r + 1.0 / 120.0;
@@ -210,7 +261,7 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    p * f32::from_bits(k_bits.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub trait SelectiveScanBackend: Backend {
     ///
     /// Returns `(y [batch, channels, len], final state [batch, channels, state])`.
     fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        cpu::selective_scan(input)
+        reference::selective_scan(input)
     }
 
     /// Depthwise causal conv1d with bias, then SiLU, continuing from `conv_state` (the K-1 previous

@@ -1,0 +1,92 @@
+//! The selective scan at Falcon Mamba 7B widths (batch 1, D 8192, N 16): the CPU kernel against
+//! the tensor-op reference, and the machine's read bandwidth, in one run. Throughputs are the
+//! scan's bytes in and out (x, delta, z, y; B, C; both states) per second.
+//!
+//! `cargo bench --profile dev --bench scan` (dev: dependencies and kernels at opt-level 3).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use falcon_mamba::model::burn::backend::NdArray;
+use falcon_mamba::model::burn::prelude::*;
+use falcon_mamba::model::burn::tensor::Distribution;
+use falcon_mamba::model::scan::{cpu, reference, ScanInput};
+use rayon::prelude::*;
+
+type B = NdArray<f32>;
+
+const CHANNELS: usize = 8192;
+const STATE: usize = 16;
+
+/// Inputs laid out as the mixer makes them: `[batch, len, width]` in memory, viewed channel-major.
+fn inputs(len: usize) -> ScanInput<B> {
+    let device = Default::default();
+    let normal = |width: usize| {
+        Tensor::<B, 3>::random([1, len, width], Distribution::Normal(0.0, 1.0), &device)
+            .swap_dims(1, 2)
+    };
+    ScanInput {
+        x: normal(CHANNELS),
+        delta: normal(CHANNELS),
+        a: Tensor::<B, 2>::random(
+            [CHANNELS, STATE],
+            Distribution::Uniform(-4.0, -0.1),
+            &device,
+        ),
+        b: normal(STATE),
+        c: normal(STATE),
+        d: Tensor::ones([CHANNELS], &device),
+        z: Some(normal(CHANNELS)),
+        delta_bias: Some(Tensor::zeros([CHANNELS], &device)),
+        state: Tensor::zeros([1, CHANNELS, STATE], &device),
+    }
+}
+
+fn scan_bytes(len: usize) -> u64 {
+    (4 * (4 * CHANNELS * len + 2 * STATE * len + 2 * CHANNELS * STATE)) as u64
+}
+
+fn scan(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scan_7b_widths");
+    group.sample_size(10);
+    for len in [1, 128, 2048] {
+        let input = inputs(len);
+        group.throughput(Throughput::Bytes(scan_bytes(len)));
+        group.bench_with_input(BenchmarkId::new("cpu", len), &input, |bench, input| {
+            bench.iter(|| cpu::selective_scan(input.clone()))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("reference", len),
+            &input,
+            |bench, input| bench.iter(|| reference::selective_scan(input.clone())),
+        );
+    }
+    group.finish();
+}
+
+/// A streaming read of 1 GiB on every core: the bound a memory-bound kernel can reach.
+fn bandwidth(c: &mut Criterion) {
+    let buffer = vec![1.0f32; 1 << 28];
+    let mut group = c.benchmark_group("memory");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes((buffer.len() * 4) as u64));
+    group.bench_function("read_1GiB", |bench| {
+        bench.iter(|| {
+            buffer
+                .par_chunks(1 << 16)
+                .map(|chunk| {
+                    // Eight independent sums so the adds vectorise.
+                    let mut acc = [0.0f32; 8];
+                    for v in chunk.chunks_exact(8) {
+                        for (a, x) in acc.iter_mut().zip(v) {
+                            *a += x;
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum::<f32>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bandwidth, scan);
+criterion_main!(benches);
