@@ -73,12 +73,3 @@ pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let large = x.clone().greater_elem(20.0);
     x.clone().exp().log1p().mask_where(large, x)
 }
-
-/// [`softplus`] for one value.
-pub fn softplus_scalar(x: f32) -> f32 {
-    if x > 20.0 {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
-}
