@@ -3,7 +3,6 @@
 
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
-use burn::tensor::module::linear;
 use falcon_mamba_core::{Error, FalconMambaConfig, Prefill, Result};
 
 use crate::mixer::Mixer;
@@ -33,8 +32,8 @@ pub struct FalconMamba<B: Backend> {
     pub layers: Vec<Block<B>>,
     /// Final RMS norm.
     pub norm_f: RmsNorm<B>,
-    /// Output projection; `None` when tied to the embedding.
-    pub lm_head: Option<Linear<B>>,
+    /// Output projection. `[hidden, vocab]` (with tied embeddings, a copy of them in this layout).
+    pub lm_head: Linear<B>,
     /// The configuration the model was built from.
     #[module(skip)]
     pub config: FalconMambaConfig,
@@ -169,9 +168,6 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     }
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(lm_head) => lm_head.forward(hidden),
-            None => linear(hidden, self.embedding.weight.val().transpose(), None),
-        }
+        self.lm_head.forward(hidden)
     }
 }

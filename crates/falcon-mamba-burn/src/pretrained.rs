@@ -56,10 +56,15 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
             .map(|i| loader.block(&config, &format!("backbone.layers.{i}")))
             .collect::<Result<Vec<_>>>()?;
         let norm_f = loader.norm("backbone.norm_f.weight", config.layer_norm_epsilon)?;
+        // Tied: lm_head gets its own [hidden, vocab] copy of the embeddings, for the same reason.
         let lm_head = if config.tie_word_embeddings {
-            None
+            loader.total += 1;
+            Linear {
+                weight: Param::from_tensor(loader.transposed("backbone.embeddings.weight")?),
+                bias: None,
+            }
         } else {
-            Some(loader.linear("lm_head", false)?)
+            loader.linear("lm_head", false)?
         };
         Ok(FalconMamba {
             embedding,
@@ -89,9 +94,11 @@ impl<B: Backend, P: FnMut(usize, usize)> Loader<'_, B, P> {
         Ok(tensor)
     }
 
-    /// A PyTorch `nn.Linear` (`[out, in]` weight) as a burn `Linear` (`[in, out]` view).
+    /// A PyTorch `nn.Linear` (`[out, in]` weight) as a burn `Linear` with a contiguous
+    /// `[in, out]` weight: transposed once here, on the host. (A transposed view would be made
+    /// contiguous again by the CPU backend's matmul on every call.)
     fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear<B>> {
-        let weight = self.tensor::<2>(&format!("{prefix}.weight"))?.transpose();
+        let weight = self.transposed(&format!("{prefix}.weight"))?;
         let bias = if bias {
             Some(Param::from_tensor(
                 self.tensor::<1>(&format!("{prefix}.bias"))?,
@@ -103,6 +110,24 @@ impl<B: Backend, P: FnMut(usize, usize)> Loader<'_, B, P> {
             weight: Param::from_tensor(weight),
             bias,
         })
+    }
+
+    /// A 2-d tensor `[rows, cols]` as a contiguous `[cols, rows]` tensor.
+    fn transposed(&mut self, name: &str) -> Result<Tensor<B, 2>> {
+        let (values, shape) = self.checkpoint.read_f32(name)?;
+        let (rows, cols) = (shape[0], shape[1]);
+        let mut transposed = vec![0.0f32; values.len()];
+        for (r, row) in values.chunks_exact(cols).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                transposed[c * rows + r] = v;
+            }
+        }
+        self.loaded += 1;
+        (self.progress)(self.loaded, self.total);
+        Ok(Tensor::from_data(
+            TensorData::new(transposed, [cols, rows]),
+            self.device,
+        ))
     }
 
     fn norm(&mut self, name: &str, eps: f64) -> Result<RmsNorm<B>> {

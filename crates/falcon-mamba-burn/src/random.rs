@@ -31,9 +31,9 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         let normal = |rows: usize, cols: usize, std: f64| {
             Tensor::<B, 2>::random([rows, cols], Distribution::Normal(0.0, std), device)
         };
-        // Like a checkpoint's [out, in] matrix held as an [in, out] view.
+        // Contiguous [in, out], as loaded weights are.
         let linear = |d_in: usize, d_out: usize, bias: bool| Linear {
-            weight: Param::from_tensor(normal(d_out, d_in, (d_in as f64).powf(-0.5)).transpose()),
+            weight: Param::from_tensor(normal(d_in, d_out, (d_in as f64).powf(-0.5))),
             bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
         };
         let ones = |len: usize| Param::from_tensor(Tensor::<B, 1>::ones([len], device));
@@ -75,7 +75,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
             },
             layers,
             norm_f: norm(config.layer_norm_epsilon),
-            lm_head: (!config.tie_word_embeddings).then(|| linear(h, v, false)),
+            lm_head: linear(h, v, false),
             config,
         })
     }
