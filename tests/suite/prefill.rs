@@ -1,5 +1,8 @@
-//! Parallel == Chunked(n) == Sequential prefill: last-position logits ≤ 1e-4, final states ≤ 1e-5,
-//! on every fixture, over the batch-of-2 prompt extended by the forced tokens.
+//! Parallel == Chunked(n) == Sequential prefill: last-position logits ≤ 1e-4, final states ≤ 1e-5
+//! × max(1, largest state magnitude), on every fixture, over the batch-of-2 prompt extended by the
+//! forced tokens. (Few-row chunks take the CPU backend's matrix-vector path and long ones the
+//! blocked matmul: different summation orders, whose rounding scales with the values; Mamba-1's
+//! conv states reach ~30.)
 
 use burn::prelude::*;
 use falcon_mamba::{Prefill, State};
@@ -9,6 +12,19 @@ use crate::parity::for_each_fixture;
 
 const LOGITS_TOL: f32 = 1e-4;
 const STATE_TOL: f32 = 1e-5;
+
+/// [`STATE_TOL`] scaled to the state's largest magnitude.
+fn state_tol(state: &State<B>) -> f32 {
+    let largest = state
+        .layers
+        .iter()
+        .map(|l| {
+            let conv = crate::common::values(l.conv.clone().abs().max())[0];
+            conv.max(crate::common::values(l.ssm.clone().abs().max())[0])
+        })
+        .fold(1.0, f32::max);
+    STATE_TOL * largest
+}
 
 fn state_diff(a: &State<B>, b: &State<B>) -> f32 {
     a.layers
@@ -53,7 +69,7 @@ fn every_prefill_mode_gives_the_same_logits_and_state() {
             out.push((
                 format!("{mode:?} state"),
                 state_diff(&state, &parallel_state),
-                STATE_TOL,
+                state_tol(&parallel_state),
             ));
         }
 

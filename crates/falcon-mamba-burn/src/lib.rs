@@ -4,6 +4,8 @@
 #![warn(missing_docs)]
 
 pub mod generate;
+#[cfg(feature = "ndarray")]
+mod matvec;
 pub mod mixer;
 pub mod model;
 pub mod norm;

@@ -71,7 +71,7 @@ impl<B: SelectiveScanBackend> Mixer<B> {
         let channels = self.d.dims()[0];
         let (r, n) = (self.dt_rank, self.state_size);
 
-        let in_proj_out = self.in_proj.forward(hidden); // [batch, len, 2 * channels]
+        let in_proj_out = project(&self.in_proj, hidden); // [batch, len, 2 * channels]
         let x = in_proj_out.clone().narrow(2, 0, channels).swap_dims(1, 2); // [batch, channels, len]
         let z = in_proj_out
             .clone()
@@ -86,7 +86,7 @@ impl<B: SelectiveScanBackend> Mixer<B> {
         ); // [batch, channels, len]
         let conv_act_out = x.clone().swap_dims(1, 2); // [batch, len, channels]
 
-        let x_proj_out = self.x_proj.forward(conv_act_out.clone()); // [batch, len, r + 2n]
+        let x_proj_out = project(&self.x_proj, conv_act_out.clone()); // [batch, len, r + 2n]
         let mut dt = x_proj_out.clone().narrow(2, 0, r); // [batch, len, r]
         let mut b = x_proj_out.clone().narrow(2, r, n); // [batch, len, n]
         let mut c = x_proj_out.clone().narrow(2, r + n, n); // [batch, len, n]
@@ -95,7 +95,7 @@ impl<B: SelectiveScanBackend> Mixer<B> {
             b = rms(b, eps);
             c = rms(c, eps);
         }
-        let delta = self.dt_proj.forward(dt).swap_dims(1, 2); // [batch, channels, len]
+        let delta = project(&self.dt_proj, dt).swap_dims(1, 2); // [batch, channels, len]
 
         let (y, ssm_state) = B::selective_scan(ScanInput {
             x,
@@ -112,7 +112,7 @@ impl<B: SelectiveScanBackend> Mixer<B> {
         state.ssm = ssm_state;
 
         let gated_y = y.swap_dims(1, 2); // [batch, len, channels]
-        let out_proj_out = self.out_proj.forward(gated_y.clone()); // [batch, len, hidden]
+        let out_proj_out = project(&self.out_proj, gated_y.clone()); // [batch, len, hidden]
         MixerTrace {
             in_proj_out,
             conv_act_out,
@@ -121,4 +121,16 @@ impl<B: SelectiveScanBackend> Mixer<B> {
             out_proj_out,
         }
     }
+}
+
+/// A `Linear` through the backend's [`SelectiveScanBackend::project`].
+pub(crate) fn project<B: SelectiveScanBackend>(
+    linear: &Linear<B>,
+    input: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    B::project(
+        input,
+        linear.weight.val(),
+        linear.bias.as_ref().map(Param::val),
+    )
 }

@@ -168,6 +168,6 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     }
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.lm_head.forward(hidden)
+        crate::mixer::project(&self.lm_head, hidden)
     }
 }

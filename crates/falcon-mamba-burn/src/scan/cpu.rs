@@ -80,7 +80,7 @@ where
 /// A tensor's values in row-major order. burn's `into_data` cannot take the buffer of a shared
 /// tensor (weights, states) and then walks it element by element through dynamic-rank indices;
 /// this copies the storage's slice in one go.
-fn host<B, const D: usize>(t: Tensor<B, D>) -> Vec<f32>
+pub(crate) fn host<B, const D: usize>(t: Tensor<B, D>) -> Vec<f32>
 where
     B: Backend<FloatTensorPrimitive = NdArrayTensor>,
 {

@@ -46,6 +46,18 @@ pub trait SelectiveScanBackend: Backend {
         reference::selective_scan(input)
     }
 
+    /// A projection `input @ weight + bias`: input `[batch, len, in]`, weight `[in, out]`.
+    /// It lives here with the scan because it is the other op a backend may need to replace:
+    /// decoding is one matrix-vector product per weight matrix, and burn-ndarray's matmul copies
+    /// the weights on every call.
+    fn project(
+        input: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, 3> {
+        burn::tensor::module::linear(input, weight, bias)
+    }
+
     /// Depthwise causal conv1d with bias, then SiLU, continuing from `conv_state` (the K-1 previous
     /// pre-conv inputs per channel).
     ///
@@ -71,6 +83,17 @@ where
     burn::backend::ndarray::NdArrayTensor:
         From<burn::backend::ndarray::SharedArray<E>> + From<burn::backend::ndarray::SharedArray<I>>,
 {
+    fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        cpu::selective_scan(input)
+    }
+
+    fn project(
+        input: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, 3> {
+        crate::matvec::linear(input, weight, bias)
+    }
 }
 
 // The CubeCL backends run the reference scan until their fused kernel lands (DESIGN.md §3).
