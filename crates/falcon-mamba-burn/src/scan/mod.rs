@@ -1,5 +1,6 @@
-//! The selective-scan op: the one place where backends differ. Model code calls
-//! [`SelectiveScanBackend`]; each backend picks an implementation by implementing the trait.
+//! The backend ops: the selective scan and conv (and the projections, whose decode-sized case
+//! some backends serve better than burn's matmul). Model code calls [`SelectiveScanBackend`];
+//! each backend picks an implementation by implementing the trait.
 //!
 //! Layouts are mamba-ssm's (channel-major, so one (batch, channel) pair reads contiguous time),
 //! the same as the scalar oracle in [`falcon_mamba_core::reference`].
