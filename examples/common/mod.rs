@@ -127,6 +127,7 @@ pub fn on_backend(args: &ModelArgs, job: impl OnBackend) -> Result<(), String> {
         "wgpu" => job.run::<falcon_mamba::model::burn::backend::Wgpu>(Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => job.run::<falcon_mamba::model::burn::backend::Cuda>(Default::default()),
+        #[cfg(not(all(feature = "wgpu", feature = "cuda")))]
         b @ ("wgpu" | "cuda") => Err(format!(
             "backend {b} is not compiled into this binary: rebuild with --features {b}"
         )),

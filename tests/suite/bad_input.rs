@@ -13,7 +13,7 @@ pub fn tiny() -> PathBuf {
 }
 
 fn load(dir: &Path) -> Error {
-    match FalconMamba::<B>::from_pretrained(dir, &device()) {
+    match FalconMamba::<B>::from_pretrained(dir, &device::<B>()) {
         Ok(_) => panic!("{} loaded", dir.display()),
         Err(e) => e,
     }
@@ -175,7 +175,7 @@ fn index_naming_a_missing_shard() {
 
 #[test]
 fn token_id_out_of_range() {
-    let model = FalconMamba::<B>::from_pretrained(tiny(), &device()).unwrap();
+    let model = FalconMamba::<B>::from_pretrained(tiny(), &device::<B>()).unwrap();
     let e = model
         .generate(&[[5u32, 256]], &GenerationConfig::default())
         .err()
@@ -196,7 +196,7 @@ fn token_id_out_of_range() {
 
 #[test]
 fn empty_prompt() {
-    let model = FalconMamba::<B>::from_pretrained(tiny(), &device()).unwrap();
+    let model = FalconMamba::<B>::from_pretrained(tiny(), &device::<B>()).unwrap();
     let e = model
         .generate(&[Vec::<u32>::new()], &GenerationConfig::default())
         .err()
@@ -205,7 +205,7 @@ fn empty_prompt() {
     assert_names(&e, "empty prompt");
 
     let dir = shared().join("models/tiny-falcon-vocab");
-    let model = FalconMamba::<B>::from_pretrained(&dir, &device()).unwrap();
+    let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let e = model
         .generate_text(&tokenizer, "", &GenerationConfig::default())
@@ -216,7 +216,7 @@ fn empty_prompt() {
 
 #[test]
 fn ragged_batches_and_bad_settings() {
-    let model = FalconMamba::<B>::from_pretrained(tiny(), &device()).unwrap();
+    let model = FalconMamba::<B>::from_pretrained(tiny(), &device::<B>()).unwrap();
     let e = model
         .generate(&[vec![1u32, 2], vec![3]], &GenerationConfig::default())
         .err()

@@ -18,7 +18,7 @@ fn f16_weights_load_and_stay_close_to_f32() {
             .collect();
         Some((Dtype::F16, shape, halves))
     });
-    let model = FalconMamba::<B>::from_pretrained(&dir, &device()).unwrap();
+    let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
     let reference = Reference::open(&tiny());
     let ids = model.input_ids(&reference.ids("b1.input_ids")).unwrap();
     let logits = model.forward(ids, &mut model.new_state(1)).unwrap();

@@ -8,7 +8,7 @@ use crate::common::{device, values, B};
 #[test]
 fn tiny_falcon_vocab_matches_transformers() {
     let dir = crate::common::shared().join("models/tiny-falcon-vocab");
-    let model = FalconMamba::<B>::from_pretrained(&dir, &device()).unwrap();
+    let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
@@ -77,7 +77,7 @@ fn generation_config_json_gives_the_eos_ids() {
 #[test]
 fn generation_stops_at_the_eos_ids_of_generation_config_json() {
     let dir = crate::common::shared().join("models/tiny-falcon-vocab");
-    let model = FalconMamba::<B>::from_pretrained(&dir, &device()).unwrap();
+    let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
     // "Hello today" greedily produces 44275 forever: make it the file's eos id.
     let scratch = crate::common::scratch_dir("eos-config");
     std::fs::write(

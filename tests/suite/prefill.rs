@@ -5,16 +5,17 @@
 //! conv states reach ~30.)
 
 use burn::prelude::*;
+use falcon_mamba::model::scan::SelectiveScanBackend;
 use falcon_mamba::{Prefill, State};
 
-use crate::common::{max_abs_diff, B};
+use crate::common::{max_abs_diff, on_backend_under_test};
 use crate::parity::for_each_fixture;
 
 const LOGITS_TOL: f32 = 1e-4;
 const STATE_TOL: f32 = 1e-5;
 
 /// [`STATE_TOL`] scaled to the state's largest magnitude.
-fn state_tol(state: &State<B>) -> f32 {
+fn state_tol<B: Backend>(state: &State<B>) -> f32 {
     let largest = state
         .layers
         .iter()
@@ -26,7 +27,7 @@ fn state_tol(state: &State<B>) -> f32 {
     STATE_TOL * largest
 }
 
-fn state_diff(a: &State<B>, b: &State<B>) -> f32 {
+fn state_diff<B: Backend>(a: &State<B>, b: &State<B>) -> f32 {
     a.layers
         .iter()
         .zip(&b.layers)
@@ -39,7 +40,11 @@ fn state_diff(a: &State<B>, b: &State<B>) -> f32 {
 
 #[test]
 fn every_prefill_mode_gives_the_same_logits_and_state() {
-    for_each_fixture("prefill", |f, batch| {
+    on_backend_under_test!(every_prefill_mode_on);
+}
+
+fn every_prefill_mode_on<B: SelectiveScanBackend>() {
+    for_each_fixture::<B>("prefill", |f, batch| {
         let forced = f.reference.ids(&format!("{batch}.forced_ids"));
         let rows: Vec<Vec<u32>> = f
             .prompt(batch)

@@ -1,10 +1,12 @@
-//! The burn tensor-op scan and conv against the core's scalar f64 reference, on random inputs.
+//! Every scan and conv implementation against the core's scalar f64 reference, on random inputs:
+//! the tensor-op reference, the CPU kernel, the op of the backend under test
+//! (`FALCON_MAMBA_BACKEND`), and the CubeCL kernels on wgpu whenever that feature is built.
 
 use burn::prelude::*;
 use falcon_mamba::core::reference::{self, ScanDims, ScanInputs};
 use falcon_mamba::model::scan::{ScanInput, SelectiveScanBackend};
 
-use crate::common::{device, values, B};
+use crate::common::{device, on_backend_under_test, values, B};
 
 /// f32 accumulation over a few hundred steps against f64.
 const TOL: f32 = 2e-5;
@@ -26,8 +28,8 @@ impl Lcg {
     }
 }
 
-fn tensor<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(v.to_vec(), shape), &device())
+fn tensor<B: Backend, const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), &device::<B>())
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -38,11 +40,32 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-type Scan = fn(ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>);
+type Scan<B> = fn(ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>);
+type Conv<B> = fn(
+    Tensor<B, 3>,
+    Tensor<B, 2>,
+    Option<Tensor<B, 1>>,
+    Tensor<B, 3>,
+) -> (Tensor<B, 3>, Tensor<B, 3>);
+
+/// Issue 4's grid: B ∈ {1, 3}, D ∈ {1, 37, 256}, N ∈ {8, 16}, L ∈ {1, 5, 300, 2048}.
+fn full_grid() -> Vec<(usize, usize, usize, usize)> {
+    let mut shapes = Vec::new();
+    for batch in [1, 3] {
+        for channels in [1, 37, 256] {
+            for state in [8, 16] {
+                for len in [1, 5, 300, 2048] {
+                    shapes.push((batch, channels, state, len));
+                }
+            }
+        }
+    }
+    shapes
+}
 
 /// Runs `scan` against the f64 oracle on random inputs for every shape, with gate, delta bias and
 /// initial state all off, all on, and mixed; returns the largest difference seen.
-fn check_scan(scan: Scan, shapes: &[(usize, usize, usize, usize)], tol: f32) -> f32 {
+fn check_scan<B: Backend>(scan: Scan<B>, shapes: &[(usize, usize, usize, usize)], tol: f32) -> f32 {
     let mut rng = Lcg(42);
     let mut worst = 0.0f32;
     for &(batch, channels, state, len) in shapes {
@@ -58,7 +81,13 @@ fn check_scan(scan: Scan, shapes: &[(usize, usize, usize, usize)], tol: f32) -> 
                 len,
             };
             let x = rng.vec(batch * channels * len, 1.0);
-            let delta = rng.vec(batch * channels * len, 2.0);
+            // [-8, 2]: trained dt biases put softplus' input near -7 (softplus ≈ 0.001), where a
+            // naive log(1 + e^x) loses most digits.
+            let delta: Vec<f32> = rng
+                .vec(batch * channels * len, 5.0)
+                .iter()
+                .map(|v| v - 3.0)
+                .collect();
             let a: Vec<f32> = rng
                 .vec(channels * state, 1.0)
                 .iter()
@@ -94,7 +123,7 @@ fn check_scan(scan: Scan, shapes: &[(usize, usize, usize, usize)], tol: f32) -> 
                 state: if initial {
                     tensor(&s0, [batch, channels, state])
                 } else {
-                    Tensor::zeros([batch, channels, state], &device())
+                    Tensor::zeros([batch, channels, state], &device::<B>())
                 },
             });
             let case =
@@ -119,7 +148,7 @@ fn reference_scan_matches_the_scalar_oracle() {
         (1, 37, 16, 300),
         (3, 5, 8, 64),
     ];
-    let worst = check_scan(
+    let worst = check_scan::<B>(
         falcon_mamba::model::scan::reference::selective_scan,
         &shapes,
         TOL,
@@ -129,27 +158,58 @@ fn reference_scan_matches_the_scalar_oracle() {
 
 #[test]
 fn cpu_kernel_matches_the_scalar_oracle() {
-    // B ∈ {1, 3}, D ∈ {1, 37, 256}, N ∈ {8, 16}, L ∈ {1, 5, 300, 2048}.
-    let mut shapes = Vec::new();
-    for batch in [1, 3] {
-        for channels in [1, 37, 256] {
-            for state in [8, 16] {
-                for len in [1, 5, 300, 2048] {
-                    shapes.push((batch, channels, state, len));
-                }
-            }
-        }
-    }
-    let worst = check_scan(falcon_mamba::model::scan::cpu::selective_scan, &shapes, TOL);
+    let worst = check_scan::<B>(
+        falcon_mamba::model::scan::cpu::selective_scan,
+        &full_grid(),
+        TOL,
+    );
     println!("cpu kernel: worst difference {worst:.2e} (tol {TOL:e})");
 }
 
 #[test]
-fn reference_conv_matches_the_scalar_oracle() {
+fn backend_scan_op_matches_the_scalar_oracle() {
+    on_backend_under_test!(backend_scan_op_on);
+}
+
+fn backend_scan_op_on<B: SelectiveScanBackend>() {
+    let worst = check_scan::<B>(B::selective_scan, &full_grid(), TOL);
+    let backend = crate::common::backend_under_test();
+    println!("{backend} scan op: worst difference {worst:.2e} (tol {TOL:e})");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn cube_kernels_match_the_scalar_oracle_on_wgpu() {
+    use crate::common::{skip_wgpu, Wgpu};
+    if skip_wgpu() {
+        println!("FALCON_MAMBA_SKIP_WGPU=1: wgpu kernels not tested");
+        return;
+    }
+    let worst = check_scan::<Wgpu>(
+        falcon_mamba::model::scan::cube::selective_scan,
+        &full_grid(),
+        TOL,
+    );
+    println!("cube scan on wgpu: worst difference {worst:.2e} (tol {TOL:e})");
+    let worst = check_conv::<Wgpu>(falcon_mamba::model::scan::cube::causal_conv1d);
+    println!("cube conv on wgpu: worst difference {worst:.2e} (tol {CONV_TOL:e})");
+}
+
+/// One f32 dot product of `kernel` terms and a SiLU against f64.
+const CONV_TOL: f32 = 1e-6;
+
+/// Runs `conv` against the f64 oracle on random inputs (kernel 2, 4 and 6, continuing from a
+/// random state); the state must come back bit for bit. Returns the largest difference in y.
+fn check_conv<B: Backend>(conv: Conv<B>) -> f32 {
     let mut rng = Lcg(7);
-    for (batch, channels, len, kernel) in
-        [(1, 1, 1, 4), (3, 37, 5, 4), (2, 16, 33, 2), (1, 8, 3, 6)]
-    {
+    let mut worst = 0.0f32;
+    for (batch, channels, len, kernel) in [
+        (1, 1, 1, 4),
+        (3, 37, 5, 4),
+        (2, 16, 33, 2),
+        (1, 8, 3, 6),
+        (2, 300, 70, 4),
+    ] {
         let dims = ScanDims {
             batch,
             channels,
@@ -160,17 +220,39 @@ fn reference_conv_matches_the_scalar_oracle() {
         let w = rng.vec(channels * kernel, 1.0);
         let bias = rng.vec(channels, 0.5);
         let s0 = rng.vec(batch * channels * (kernel - 1), 1.0);
-        let (y_ref, s_ref) = reference::causal_conv1d(dims, kernel, &x, &w, Some(&bias), Some(&s0));
-        let (y, s) = B::causal_conv1d(
-            tensor(&x, [batch, channels, len]),
-            tensor(&w, [channels, kernel]),
-            Some(tensor(&bias, [channels])),
-            tensor(&s0, [batch, channels, kernel - 1]),
-        );
-        let (dy, ds) = (max_diff(&values(y), &y_ref), max_diff(&values(s), &s_ref));
-        assert!(
-            dy <= 1e-6 && ds == 0.0,
-            "B{batch} D{channels} L{len} K{kernel}: y {dy:e}, state {ds:e}"
-        );
+        for with_bias in [true, false] {
+            let bias = with_bias.then_some(&bias[..]);
+            let (y_ref, s_ref) = reference::causal_conv1d(dims, kernel, &x, &w, bias, Some(&s0));
+            let (y, s) = conv(
+                tensor(&x, [batch, channels, len]),
+                tensor(&w, [channels, kernel]),
+                bias.map(|b| tensor(b, [channels])),
+                tensor(&s0, [batch, channels, kernel - 1]),
+            );
+            let (dy, ds) = (max_diff(&values(y), &y_ref), max_diff(&values(s), &s_ref));
+            assert!(
+                dy <= CONV_TOL && ds == 0.0,
+                "B{batch} D{channels} L{len} K{kernel} bias {with_bias}: y {dy:e}, state {ds:e}"
+            );
+            worst = worst.max(dy);
+        }
     }
+    worst
+}
+
+#[test]
+fn reference_conv_matches_the_scalar_oracle() {
+    let worst = check_conv::<B>(falcon_mamba::model::scan::reference::causal_conv1d);
+    println!("reference conv: worst difference {worst:.2e} (tol {CONV_TOL:e})");
+}
+
+#[test]
+fn backend_conv_op_matches_the_scalar_oracle() {
+    on_backend_under_test!(backend_conv_op_on);
+}
+
+fn backend_conv_op_on<B: SelectiveScanBackend>() {
+    let worst = check_conv::<B>(B::causal_conv1d);
+    let backend = crate::common::backend_under_test();
+    println!("{backend} conv op: worst difference {worst:.2e} (tol {CONV_TOL:e})");
 }

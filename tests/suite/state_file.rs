@@ -7,7 +7,7 @@ use falcon_mamba::{Error, FalconMamba, FalconMambaConfig, Prefill, State};
 use crate::common::{device, scratch_dir, shared, values, B};
 
 fn model() -> FalconMamba<B> {
-    FalconMamba::<B>::from_pretrained(shared().join("fixtures/small"), &device()).unwrap()
+    FalconMamba::<B>::from_pretrained(shared().join("fixtures/small"), &device::<B>()).unwrap()
 }
 
 /// Greedy continuation of `n` tokens from `state`, with every step's logits.
@@ -43,7 +43,7 @@ fn save_load_continue_is_bit_identical() {
     let path = scratch_dir("state").join("prompt.state");
     let metadata = BTreeMap::from([("note".to_string(), "after prompt A".to_string())]);
     state.save(&path, model.config(), &metadata).unwrap();
-    let (loaded, read_back) = State::<B>::load(&path, model.config(), &device()).unwrap();
+    let (loaded, read_back) = State::<B>::load(&path, model.config(), &device::<B>()).unwrap();
     assert_eq!(read_back, metadata);
 
     let direct = continue_greedy(&model, state, 7, 12);
@@ -85,18 +85,19 @@ fn state_files_are_checked() {
 
     // Another model shape: a typed error naming the differing value.
     let tiny = FalconMambaConfig::from_file(shared().join("fixtures/tiny/config.json")).unwrap();
-    let e = State::<B>::load(&path, &tiny, &device()).unwrap_err();
+    let e = State::<B>::load(&path, &tiny, &device::<B>()).unwrap_err();
     assert!(matches!(e, Error::StateMismatch { .. }), "{e:?}");
     assert!(e.to_string().contains("hidden_size = 256"), "{e}");
 
-    let e = State::<B>::load(dir.join("missing.state"), model.config(), &device()).unwrap_err();
+    let e =
+        State::<B>::load(dir.join("missing.state"), model.config(), &device::<B>()).unwrap_err();
     assert!(
         matches!(e, Error::Io { .. }) && e.to_string().contains("missing.state"),
         "{e}"
     );
 
     let weights = shared().join("fixtures/small/model.safetensors");
-    let e = State::<B>::load(&weights, model.config(), &device()).unwrap_err();
+    let e = State::<B>::load(&weights, model.config(), &device::<B>()).unwrap_err();
     assert!(
         matches!(e, Error::Safetensors { .. })
             && e.to_string().contains("not a falcon-mamba state"),
@@ -105,6 +106,6 @@ fn state_files_are_checked() {
 
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let e = State::<B>::load(&path, model.config(), &device()).unwrap_err();
+    let e = State::<B>::load(&path, model.config(), &device::<B>()).unwrap_err();
     assert!(matches!(e, Error::Safetensors { .. }), "{e:?}");
 }

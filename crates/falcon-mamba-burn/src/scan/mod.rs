@@ -7,6 +7,8 @@
 
 #[cfg(feature = "ndarray")]
 pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 pub mod reference;
 
 use burn::prelude::*;
@@ -97,20 +99,26 @@ where
     }
 }
 
-// The CubeCL backends run the reference scan until their fused kernel lands (DESIGN.md §3).
-#[cfg(feature = "wgpu")]
-impl<F, I, BT> SelectiveScanBackend for burn::backend::Wgpu<F, I, BT>
+/// burn-wgpu and burn-cuda (burn's `Wgpu` and `Cuda` without its `fusion` feature) are this
+/// backend over different CubeCL runtimes; one kernel source serves both.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl<R, F, I, BT> SelectiveScanBackend for burn_cubecl::CubeBackend<R, F, I, BT>
 where
+    R: burn_cubecl::CubeRuntime,
     F: burn_cubecl::FloatElement,
     I: burn_cubecl::IntElement,
     BT: burn_cubecl::BoolElement,
 {
-}
+    fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        cube::selective_scan(input)
+    }
 
-#[cfg(feature = "cuda")]
-impl<F, I> SelectiveScanBackend for burn::backend::Cuda<F, I>
-where
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-{
+    fn causal_conv1d(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        conv_state: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        cube::causal_conv1d(x, weight, bias, conv_state)
+    }
 }
