@@ -34,7 +34,8 @@ mod kernels {
     /// `y = (<s, c> + d * x) * silu(z)`. Absent `z` or `delta_bias` are comptime flags (their
     /// tensor arguments are then placeholders the kernel never reads).
     #[cube(launch)]
-    #[allow(clippy::too_many_arguments)]
+    // CubeCL's kernel dialect has no `div_ceil`.
+    #[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
     pub(super) fn selective_scan_kernel<F: Float>(
         x: &Tensor<F>,             // [batch, channels, len]
         delta: &Tensor<F>,         // [batch, channels, len]
@@ -224,6 +225,9 @@ mod kernels {
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
+/// `(output, new state)`, both `[batch, channels, _]`.
+type WithState<R, F, I, BT> = (Tensor<Cube<R, F, I, BT>, 3>, Tensor<Cube<R, F, I, BT>, 3>);
+
 fn primitive<R, F, I, BT, const D: usize>(tensor: Tensor<Cube<R, F, I, BT>, D>) -> CubeTensor<R>
 where
     R: CubeRuntime,
@@ -255,9 +259,7 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 3]) -> CubeTensor<
 }
 
 /// See [`super::SelectiveScanBackend::selective_scan`].
-pub fn selective_scan<R, F, I, BT>(
-    input: ScanInput<Cube<R, F, I, BT>>,
-) -> (Tensor<Cube<R, F, I, BT>, 3>, Tensor<Cube<R, F, I, BT>, 3>)
+pub fn selective_scan<R, F, I, BT>(input: ScanInput<Cube<R, F, I, BT>>) -> WithState<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
@@ -313,7 +315,7 @@ pub fn causal_conv1d<R, F, I, BT>(
     weight: Tensor<Cube<R, F, I, BT>, 2>,
     bias: Option<Tensor<Cube<R, F, I, BT>, 1>>,
     conv_state: Tensor<Cube<R, F, I, BT>, 3>,
-) -> (Tensor<Cube<R, F, I, BT>, 3>, Tensor<Cube<R, F, I, BT>, 3>)
+) -> WithState<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
