@@ -1,17 +1,18 @@
 //! End-to-end decode on a random-weight 130m-shaped Falcon Mamba (H 768, 24 layers, vocab 65024,
-//! f32, batch 1) on burn-ndarray: the time of one `step` (one token), after a 16-token prompt.
+//! f32, batch 1): the time of one `step` (one token), after a 16-token prompt. On burn-ndarray;
+//! with `--all-features` and `FALCON_MAMBA_BACKEND=wgpu` (or `cuda`) on that backend instead,
+//! timed to the device's completion.
 //!
 //! `cargo bench --profile dev --bench decode`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use falcon_mamba::model::burn::backend::NdArray;
-use falcon_mamba::{FalconMamba, FalconMambaConfig, Prefill};
+use falcon_mamba::{FalconMamba, FalconMambaConfig, Prefill, SelectiveScanBackend};
 
-type B = NdArray<f32>;
-
-fn decode(c: &mut Criterion) {
+fn decode_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
+    let device = B::Device::default();
     let config = FalconMambaConfig::falcon_mamba(768, 24, 65024).expect("valid shape");
-    let model = FalconMamba::<B>::random(config, &Default::default(), 0).expect("random model");
+    let model = FalconMamba::<B>::random(config, &device, 0).expect("random model");
     let mut state = model.new_state(1);
     let prompt: Vec<u32> = (100..116).collect();
     let ids = model.input_ids(&[prompt]).expect("ids");
@@ -20,13 +21,28 @@ fn decode(c: &mut Criterion) {
         .expect("prefill");
     let token = model.input_ids(&[[42u32]]).expect("ids").squeeze_dim(1);
 
-    let mut group = c.benchmark_group("decode_130m");
+    let mut group = c.benchmark_group(format!("decode_130m_{name}"));
     group.sample_size(20);
     group.throughput(Throughput::Elements(1));
     group.bench_function("step", |bench| {
-        bench.iter(|| model.step(token.clone(), &mut state).expect("step"))
+        bench.iter(|| {
+            let logits = model.step(token.clone(), &mut state).expect("step");
+            B::sync(&device).expect("device runs the step");
+            logits
+        })
     });
     group.finish();
+}
+
+fn decode(c: &mut Criterion) {
+    match std::env::var("FALCON_MAMBA_BACKEND").as_deref() {
+        #[cfg(feature = "wgpu")]
+        Ok("wgpu") => decode_on::<falcon_mamba::model::burn::backend::Wgpu>(c, "wgpu"),
+        #[cfg(feature = "cuda")]
+        Ok("cuda") => decode_on::<falcon_mamba::model::burn::backend::Cuda>(c, "cuda"),
+        Ok("cpu") | Err(_) => decode_on::<NdArray<f32>>(c, "cpu"),
+        Ok(other) => panic!("FALCON_MAMBA_BACKEND={other}: not cpu, or not built (--features)"),
+    }
 }
 
 criterion_group!(benches, decode);

@@ -13,6 +13,12 @@ pub type B = burn::backend::NdArray<f32>;
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu<f32, i32, u32>;
 
+/// burn-wgpu's backend without burn's `Fusion` wrapper (which `Wgpu` is with the `fusion` feature):
+/// where the CubeCL kernels run directly.
+#[cfg(feature = "wgpu")]
+pub type CubeWgpu =
+    burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
 /// burn-cuda.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;

@@ -180,18 +180,18 @@ fn backend_scan_op_on<B: SelectiveScanBackend>() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn cube_kernels_match_the_scalar_oracle_on_wgpu() {
-    use crate::common::{skip_wgpu, Wgpu};
+    use crate::common::{skip_wgpu, CubeWgpu};
     if skip_wgpu() {
         println!("FALCON_MAMBA_SKIP_WGPU=1: wgpu kernels not tested");
         return;
     }
-    let worst = check_scan::<Wgpu>(
+    let worst = check_scan::<CubeWgpu>(
         falcon_mamba::model::scan::cube::selective_scan,
         &full_grid(),
         TOL,
     );
     println!("cube scan on wgpu: worst difference {worst:.2e} (tol {TOL:e})");
-    let worst = check_conv::<Wgpu>(falcon_mamba::model::scan::cube::causal_conv1d);
+    let worst = check_conv::<CubeWgpu>(falcon_mamba::model::scan::cube::causal_conv1d);
     println!("cube conv on wgpu: worst difference {worst:.2e} (tol {CONV_TOL:e})");
 }
 

@@ -9,6 +9,8 @@
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
+#[cfg(feature = "fusion")]
+pub mod fusion;
 pub mod reference;
 
 use burn::prelude::*;
@@ -99,8 +101,9 @@ where
     }
 }
 
-/// burn-wgpu and burn-cuda (burn's `Wgpu` and `Cuda` without its `fusion` feature) are this
-/// backend over different CubeCL runtimes; one kernel source serves both.
+/// burn-wgpu and burn-cuda (burn's `Wgpu` and `Cuda` without its `fusion` feature; with it, they
+/// wrap this backend in `Fusion`, see [`fusion`]) are this backend over different CubeCL
+/// runtimes; one kernel source serves both.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl<R, F, I, BT> SelectiveScanBackend for burn_cubecl::CubeBackend<R, F, I, BT>
 where
