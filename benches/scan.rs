@@ -61,6 +61,10 @@ fn scan(c: &mut Criterion) {
     group.finish();
 }
 
+/// A scan implementation: `(y, final state)`.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+type Scan<B> = fn(ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>);
+
 /// The backend's scan op (its CubeCL kernel) against the tensor-op reference on the same device.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn scan_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
@@ -68,7 +72,7 @@ fn scan_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
         return;
     }
     let device = B::Device::default();
-    let run = |scan: fn(ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>), input: &ScanInput<B>| {
+    let run = |scan: Scan<B>, input: &ScanInput<B>| {
         let out = scan(input.clone());
         B::sync(&device).expect("device runs the scan");
         out
