@@ -241,6 +241,12 @@ fn check_conv<B: Backend>(conv: Conv<B>) -> f32 {
 }
 
 #[test]
+fn cpu_conv_matches_the_scalar_oracle() {
+    let worst = check_conv::<B>(falcon_mamba::model::scan::cpu::causal_conv1d);
+    println!("cpu conv: worst difference {worst:.2e} (tol {CONV_TOL:e})");
+}
+
+#[test]
 fn reference_conv_matches_the_scalar_oracle() {
     let worst = check_conv::<B>(falcon_mamba::model::scan::reference::causal_conv1d);
     println!("reference conv: worst difference {worst:.2e} (tol {CONV_TOL:e})");

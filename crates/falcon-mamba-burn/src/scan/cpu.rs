@@ -77,6 +77,81 @@ where
     (y, s)
 }
 
+/// See [`super::SelectiveScanBackend::causal_conv1d`]. Works time-major, as the mixer lays x out:
+/// each output row (one time step, every channel) is `kernel` vectorised multiply-adds of input
+/// rows; rows are split across rayon tasks. The output is returned as a channel-major view of
+/// time-major memory, so the mixer's next projection reads it without a copy.
+pub fn causal_conv1d<B>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    conv_state: Tensor<B, 3>,
+) -> (Tensor<B, 3>, Tensor<B, 3>)
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    let device = x.device();
+    let [batch, channels, len] = x.dims();
+    let kernel = weight.dims()[1];
+    let history = kernel - 1;
+    let x = time_major(x); // [batch, len, channels]
+    let weight = host(weight); // [channels, kernel]
+    let taps: Vec<f32> = (0..kernel * channels)
+        .map(|i| weight[(i % channels) * kernel + i / channels])
+        .collect(); // [kernel, channels]
+    let bias = bias.map_or_else(|| vec![0.0; channels], host); // [channels]
+    let state = host(conv_state); // [batch, channels, history]
+
+    // The input row at padded position p of batch row bi: the state for p < history.
+    let state_rows: Vec<f32> = (0..batch * history * channels)
+        .map(|i| {
+            let (bi, p, ch) = (i / (history * channels), (i / channels) % history, i % channels);
+            state[(bi * channels + ch) * history + p]
+        })
+        .collect(); // [batch, history, channels]
+    let input = |bi: usize, p: usize| -> &[f32] {
+        let at = if p < history {
+            (bi * history + p) * channels
+        } else {
+            return &x[(bi * len + p - history) * channels..][..channels];
+        };
+        &state_rows[at..at + channels]
+    };
+
+    let mut y = vec![0.0f32; batch * len * channels]; // [batch, len, channels]
+    let rows_per_task = (16_384 / (channels * kernel).max(1)).max(1);
+    y.par_chunks_mut(rows_per_task * channels)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            for (r, out) in rows.chunks_exact_mut(channels).enumerate() {
+                let row = task * rows_per_task + r;
+                let (bi, t) = (row / len, row % len);
+                out.copy_from_slice(&bias);
+                for (k, w) in taps.chunks_exact(channels).enumerate() {
+                    for ((o, w), v) in out.iter_mut().zip(w).zip(input(bi, t + k)) {
+                        *o += w * v;
+                    }
+                }
+                out.iter_mut().for_each(|o| *o = silu(*o));
+            }
+        });
+
+    let mut new_state = vec![0.0f32; batch * channels * history]; // [batch, channels, history]
+    for bi in 0..batch {
+        for p in 0..history {
+            for (ch, v) in input(bi, len + p).iter().enumerate() {
+                new_state[(bi * channels + ch) * history + p] = *v;
+            }
+        }
+    }
+    let y = Tensor::<B, 3>::from_data(TensorData::new(y, [batch, len, channels]), &device);
+    let new_state = Tensor::from_data(
+        TensorData::new(new_state, [batch, channels, history]),
+        &device,
+    );
+    (y.swap_dims(1, 2), new_state)
+}
+
 /// A tensor's values in row-major order. burn's `into_data` cannot take the buffer of a shared
 /// tensor (weights, states) and then walks it element by element through dynamic-rank indices;
 /// this copies the storage's slice in one go.

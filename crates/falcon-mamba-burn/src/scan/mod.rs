@@ -99,6 +99,15 @@ where
     ) -> Tensor<Self, 3> {
         crate::matvec::linear(input, weight, bias)
     }
+
+    fn causal_conv1d(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        conv_state: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        cpu::causal_conv1d(x, weight, bias, conv_state)
+    }
 }
 
 /// burn-wgpu and burn-cuda (burn's `Wgpu` and `Cuda` without its `fusion` feature; with it, they
