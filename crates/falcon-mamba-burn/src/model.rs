@@ -130,7 +130,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         state.check(&self.config, ids.dims()[0])?;
         let mut h = self.embedding.forward(ids); // [batch, len, hidden]
         for (block, layer_state) in self.layers.iter().zip(&mut state.layers) {
-            h = h.clone() + block.mixer.forward(block.norm.forward(h), layer_state);
+            h = B::pass(|| h.clone() + block.mixer.forward(block.norm.forward(h), layer_state));
             after_block(&h);
         }
         Ok(h)
@@ -168,6 +168,6 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     }
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        crate::mixer::project(&self.lm_head, hidden)
+        B::pass(|| crate::mixer::project(&self.lm_head, hidden))
     }
 }

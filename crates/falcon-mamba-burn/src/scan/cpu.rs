@@ -96,26 +96,30 @@ where
     let history = kernel - 1;
     let x = time_major(x); // [batch, len, channels]
     let weight = host(weight); // [channels, kernel]
-    let taps: Vec<f32> = (0..kernel * channels)
-        .map(|i| weight[(i % channels) * kernel + i / channels])
-        .collect(); // [kernel, channels]
+    let mut taps = vec![0.0f32; kernel * channels]; // [kernel, channels]
+    for (ch, w) in weight.chunks_exact(kernel).enumerate() {
+        for (k, w) in w.iter().enumerate() {
+            taps[k * channels + ch] = *w;
+        }
+    }
     let bias = bias.map_or_else(|| vec![0.0; channels], host); // [channels]
     let state = host(conv_state); // [batch, channels, history]
 
     // The input row at padded position p of batch row bi: the state for p < history.
-    let state_rows: Vec<f32> = (0..batch * history * channels)
-        .map(|i| {
-            let (bi, p, ch) = (i / (history * channels), (i / channels) % history, i % channels);
-            state[(bi * channels + ch) * history + p]
-        })
-        .collect(); // [batch, history, channels]
+    let mut state_rows = vec![0.0f32; batch * history * channels]; // [batch, history, channels]
+    for (bi, state) in state.chunks_exact(channels * history).enumerate() {
+        for (ch, s) in state.chunks_exact(history).enumerate() {
+            for (p, s) in s.iter().enumerate() {
+                state_rows[(bi * history + p) * channels + ch] = *s;
+            }
+        }
+    }
     let input = |bi: usize, p: usize| -> &[f32] {
-        let at = if p < history {
-            (bi * history + p) * channels
+        if p < history {
+            &state_rows[(bi * history + p) * channels..][..channels]
         } else {
-            return &x[(bi * len + p - history) * channels..][..channels];
-        };
-        &state_rows[at..at + channels]
+            &x[(bi * len + p - history) * channels..][..channels]
+        }
     };
 
     let mut y = vec![0.0f32; batch * len * channels]; // [batch, len, channels]
