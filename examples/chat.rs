@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use common::{line, ModelArgs, OnBackend, SamplingArgs};
+use common::backend::OnBackend;
+use common::{line, ModelArgs, SamplingArgs};
 use falcon_mamba::core::{ChatTemplate, Message};
 use falcon_mamba::prelude::*;
 use falcon_mamba::SelectiveScanBackend;

@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use common::{line, ModelArgs, OnBackend, SamplingArgs};
+use common::backend::OnBackend;
+use common::{line, ModelArgs, SamplingArgs};
 use falcon_mamba::SelectiveScanBackend;
 
 /// Generate text with a Falcon Mamba model.

@@ -1,5 +1,7 @@
 //! What the examples share: model and sampling flags, hub resolution, backend dispatch.
 
+pub mod backend;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -103,40 +105,6 @@ pub fn generation_config(
     Ok(config)
 }
 
-/// Work that runs on whichever backend the flags pick.
-pub trait OnBackend {
-    /// Runs on backend `B`.
-    fn run<B: SelectiveScanBackend>(self, device: B::Device) -> Result<(), String>;
-}
-
-/// Calls `job` with the backend and dtype named by the flags, or explains why it cannot.
-pub fn on_backend(args: &ModelArgs, job: impl OnBackend) -> Result<(), String> {
-    match args.dtype.as_str() {
-        "f32" => {}
-        "f16" | "bf16" => {
-            return Err(format!(
-                "--dtype {} is not supported on {} yet: the model runs in f32 (its state is always f32)",
-                args.dtype, args.backend
-            ))
-        }
-        other => return Err(format!("unknown --dtype {other:?}: expected f32, f16 or bf16")),
-    }
-    match args.backend.as_str() {
-        "cpu" => job.run::<Cpu>(Default::default()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => job.run::<falcon_mamba::model::burn::backend::Wgpu>(Default::default()),
-        #[cfg(feature = "cuda")]
-        "cuda" => job.run::<falcon_mamba::model::burn::backend::Cuda>(Default::default()),
-        #[cfg(not(all(feature = "wgpu", feature = "cuda")))]
-        b @ ("wgpu" | "cuda") => Err(format!(
-            "backend {b} is not compiled into this binary: rebuild with --features {b}"
-        )),
-        other => Err(format!(
-            "unknown backend {other:?}: expected cpu, wgpu or cuda"
-        )),
-    }
-}
-
 /// Loads the model and tokenizer from `dir` onto `device`.
 pub fn load<B: SelectiveScanBackend>(
     dir: &std::path::Path,
@@ -149,8 +117,10 @@ pub fn load<B: SelectiveScanBackend>(
 
 /// The examples' `main`: resolve the model, run `job` on the chosen backend, and report any
 /// error as one line on stderr with a failure exit code.
-pub fn run<J: OnBackend>(args: &ModelArgs, job: impl FnOnce(PathBuf) -> J) -> ExitCode {
-    match model_dir(&args.model).and_then(|dir| on_backend(args, job(dir))) {
+pub fn run<J: backend::OnBackend>(args: &ModelArgs, job: impl FnOnce(PathBuf) -> J) -> ExitCode {
+    match model_dir(&args.model)
+        .and_then(|dir| backend::on_backend(&args.backend, &args.dtype, job(dir)))
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");

@@ -33,6 +33,17 @@ impl Prefill {
     }
 }
 
+impl std::fmt::Display for Prefill {
+    /// `parallel`, `sequential` or `chunked:N`, as [`Prefill::from_str`](std::str::FromStr) reads them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prefill::Parallel => write!(f, "parallel"),
+            Prefill::Chunked(n) => write!(f, "chunked:{n}"),
+            Prefill::Sequential => write!(f, "sequential"),
+        }
+    }
+}
+
 impl std::str::FromStr for Prefill {
     type Err = Error;
 

@@ -1,0 +1,387 @@
+//! Falcon Mamba's promises, measured: a random-weight model of a real shape (no checkpoint) on any
+//! backend, and
+//! - decode: per-token latency (median over `--decode-tokens` steps of `generate`) and the
+//!   process's resident memory at growing positions (the context is fed by chunked prefill);
+//! - prefill: tokens/s and peak resident memory per prompt length in parallel, chunked and
+//!   sequential mode, and the longest prompt each mode handled under `--max-mem`;
+//! - the decode bandwidth bound: the weight bytes one token reads ÷ the read bandwidth measured
+//!   in the same run, and the fraction of it the decode reaches.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--shape 130m|370m|1.4b|7b] [--backend cpu|wgpu|cuda]
+//!     [--dtype f32] [--run bandwidth,decode,prefill] [--positions 256,1024,4096,16384,65536]
+//!     [--decode-tokens 32] [--prompts 128,256,...,32768] [--chunk 512] [--sequential-max N]
+//!     [--max-mem 16GiB] [--out target/bench] [--font FILE.ttf]
+//! ```
+//! Markdown tables go to stdout, progress to stderr; `decode.csv`, `prefill.csv`, `decode.png`
+//! and `prefill.png` to `--out`. Resident memory is the whole process's (weights included), read
+//! from `/proc/self/status` (Linux; elsewhere the memory columns are empty). On a GPU backend it is
+//! host memory only.
+
+#[path = "../common/backend.rs"]
+mod backend;
+mod memory;
+mod plot;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use backend::OnBackend;
+use clap::Parser;
+use falcon_mamba::model::burn::prelude::*;
+use falcon_mamba::model::burn::tensor::Distribution;
+use falcon_mamba::{
+    FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, SelectiveScanBackend,
+};
+use report::{DecodeRow, PrefillRow, Report};
+
+/// Benchmark decode and prefill of a random-weight Falcon Mamba.
+#[derive(Parser, Debug)]
+struct Cli {
+    /// Model shape: 130m, 370m, 1.4b or 7b (hidden 768/1024/2048/4096, 24/48/48/64 layers,
+    /// vocabulary 65024).
+    #[arg(long, default_value = "130m")]
+    shape: String,
+    /// cpu, wgpu or cuda (the last two need the cargo feature of that name).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Compute dtype.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// What to measure: any of bandwidth, decode, prefill.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "bandwidth,decode,prefill"
+    )]
+    run: Vec<String>,
+    /// Context lengths at which decode is timed, ascending.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "256,1024,4096,16384,65536"
+    )]
+    positions: Vec<usize>,
+    /// Decode steps timed at each position (the median is reported).
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Prompt lengths for prefill, ascending.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "128,256,512,1024,2048,4096,8192,16384,32768"
+    )]
+    prompts: Vec<usize>,
+    /// Chunk length of chunked prefill (also how decode reaches its positions).
+    #[arg(long, default_value_t = 512)]
+    chunk: usize,
+    /// Longest prompt fed sequentially (default: the longest of --prompts). Token by token
+    /// costs one decode step per token.
+    #[arg(long)]
+    sequential_max: Option<usize>,
+    /// Memory cap for the longest-prompt search: parallel prefill stops before a prompt whose
+    /// peak would pass it (e.g. 8GiB, 512MiB).
+    #[arg(long, default_value = "16GiB")]
+    max_mem: String,
+    /// Folder for the CSV files and plots.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// TrueType font for the plots' labels (default: DejaVu Sans or Liberation Sans where
+    /// installed; without one, no plots).
+    #[arg(long)]
+    font: Option<PathBuf>,
+}
+
+/// Hidden size and layer count of the published Mamba-1 / Falcon Mamba sizes.
+fn shape(name: &str) -> Result<(usize, usize), String> {
+    match name {
+        "130m" => Ok((768, 24)),
+        "370m" => Ok((1024, 48)),
+        "1.4b" => Ok((2048, 48)),
+        "7b" => Ok((4096, 64)),
+        other => Err(format!(
+            "unknown --shape {other:?}: expected 130m, 370m, 1.4b or 7b"
+        )),
+    }
+}
+
+/// `8GiB`, `512MiB`, `1000000` (bytes).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let units = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("", 1),
+    ];
+    let (number, unit) = units
+        .iter()
+        .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n, *unit)))
+        .unwrap_or((text, 1));
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .map(|n| (n * unit as f64) as u64)
+        .ok_or_else(|| format!("--max-mem {text:?}: expected a size such as 8GiB or 512MiB"))
+}
+
+/// Deterministic token ids below the vocabulary size (a 64-bit LCG).
+struct Ids {
+    seed: u64,
+    vocab: u32,
+}
+
+impl Ids {
+    fn take(&mut self, n: usize) -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                self.seed = self
+                    .seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((self.seed >> 33) % u64::from(self.vocab)) as u32
+            })
+            .collect()
+    }
+}
+
+struct Bench {
+    cli: Cli,
+}
+
+impl OnBackend for Bench {
+    fn run<B: SelectiveScanBackend>(self, device: B::Device) -> Result<(), String> {
+        let cli = self.cli;
+        let (hidden, layers) = shape(&cli.shape)?;
+        let max_mem = parse_bytes(&cli.max_mem)?;
+        for list in [&cli.positions, &cli.prompts] {
+            if list.is_empty() || list.windows(2).any(|w| w[0] >= w[1]) || list[0] == 0 {
+                return Err(format!(
+                    "{list:?}: positions and prompts must be ascending and > 0"
+                ));
+            }
+        }
+        memory::return_freed_memory();
+        let config = FalconMambaConfig::falcon_mamba(hidden, layers, 65024).map_err(line)?;
+        eprintln!(
+            "building a random {} model on {} ...",
+            cli.shape, cli.backend
+        );
+        let start = Instant::now();
+        let model = FalconMamba::<B>::random(config, &device, 0).map_err(line)?;
+        B::sync(&device).map_err(|e| format!("{e:?}"))?;
+        let mut report = Report::new(&cli.shape, &cli.backend, &cli.dtype, &model);
+        eprintln!("built in {:.1} s", start.elapsed().as_secs_f64());
+        let mut ids = Ids {
+            seed: 0,
+            vocab: model.config().vocab_size as u32,
+        };
+
+        let wants = |what: &str| cli.run.iter().any(|r| r == what);
+        if wants("bandwidth") {
+            eprintln!("measuring read bandwidth ...");
+            report.bandwidth = Some(if cli.backend == "cpu" {
+                memory::host_read_bandwidth()
+            } else {
+                device_read_bandwidth::<B>(&device)?
+            });
+        }
+        if wants("decode") {
+            report.decode = decode(&model, &cli, &mut ids)?;
+        }
+        if wants("prefill") {
+            report.prefill = prefill(&model, &cli, &mut ids, max_mem)?;
+        }
+
+        print!("{}", report.markdown(max_mem));
+        std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
+        report.write_csv(&cli.out)?;
+        match plot::font(cli.font.as_deref()) {
+            Some(font) => {
+                plot::decode(&report.decode, &cli.out.join("decode.png"), font)?;
+                plot::prefill(&report.prefill, &cli.out.join("prefill.png"), font)?;
+                eprintln!("wrote {}/{{decode,prefill}}.{{csv,png}}", cli.out.display());
+            }
+            None => eprintln!(
+                "wrote {}/{{decode,prefill}}.csv; no plots: no TrueType font found (pass --font)",
+                cli.out.display()
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn line(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Device read bandwidth in bytes/s: the median of 10 sums of a 128 MiB tensor (the most Vulkan
+/// drivers such as lavapipe bind at once), timed to the device's completion.
+fn device_read_bandwidth<B: Backend>(device: &B::Device) -> Result<f64, String> {
+    let len = 1 << 25;
+    let x = Tensor::<B, 1>::random([len], Distribution::Default, device);
+    let sync = || B::sync(device).map_err(|e| format!("{e:?}"));
+    let _ = x.clone().sum();
+    sync()?;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let _ = x.clone().sum();
+        sync()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok((len * 4) as f64 / memory::median(times))
+}
+
+/// Decode steps run before the timed ones at each position.
+const WARM_UP_STEPS: usize = 4;
+
+/// Decode latency and resident memory at each position: chunked prefill up to the position,
+/// then `decode_tokens` timed steps of the library's generation loop (step + sampling).
+fn decode<B: SelectiveScanBackend>(
+    model: &FalconMamba<B>,
+    cli: &Cli,
+    ids: &mut Ids,
+) -> Result<Vec<DecodeRow>, String> {
+    let device = model.device();
+    let mut state = model.new_state(1);
+    let mut position = 0;
+    let mut rows = Vec::new();
+    for &target in &cli.positions {
+        let config = GenerationConfig::default()
+            .with_max_new_tokens(1 + WARM_UP_STEPS + cli.decode_tokens)
+            .with_eos_token_ids(Vec::new())
+            .with_prefill(Prefill::Chunked(cli.chunk));
+        let prompt = ids.take(target.saturating_sub(position).max(1));
+        eprintln!(
+            "decode: feeding {} tokens to reach position {target} ...",
+            prompt.len()
+        );
+        let start = Instant::now();
+        let mut generation = model
+            .generate_from(&[prompt], state, &config)
+            .map_err(line)?;
+        // The first token comes from the prompt's logits; every later one costs a step.
+        generation.next();
+        B::sync(&device).map_err(|e| format!("{e:?}"))?;
+        let reach = start.elapsed().as_secs_f64();
+        // Untimed steps first: caches and the allocator settle after the prefill.
+        for _ in 0..WARM_UP_STEPS {
+            generation.next().ok_or("generation ended early")?;
+        }
+        let mut times = Vec::with_capacity(cli.decode_tokens);
+        for _ in 0..cli.decode_tokens {
+            let start = Instant::now();
+            generation.next().ok_or("generation ended early")?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        position = target.max(position + 1) + WARM_UP_STEPS + cli.decode_tokens;
+        state = generation.into_state();
+        let row = DecodeRow {
+            position: target,
+            latency: memory::median(times.iter().copied()),
+            resident: memory::resident(),
+            state_bytes: state.size_in_bytes(),
+            reach_seconds: reach,
+        };
+        eprintln!(
+            "decode at {target}: {:.2} ms/token, resident {}",
+            row.latency * 1e3,
+            report::mib(row.resident)
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Prefill in each mode. Chunked and sequential feed one prompt of the longest length and read
+/// the clock and the peak at every length on the way (a shorter prompt's prefill is a prefix of
+/// a longer one's); parallel runs each length from a fresh state and stops before the length
+/// whose peak, extrapolated from the last two, would pass `max_mem`.
+fn prefill<B: SelectiveScanBackend>(
+    model: &FalconMamba<B>,
+    cli: &Cli,
+    ids: &mut Ids,
+    max_mem: u64,
+) -> Result<Vec<PrefillRow>, String> {
+    let device = model.device();
+    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
+    let longest = *cli.prompts.last().unwrap_or(&1);
+    let prompt = ids.take(longest);
+    let mut rows = Vec::new();
+
+    let sequential_max = cli.sequential_max.unwrap_or(longest);
+    for mode in [Prefill::Chunked(cli.chunk), Prefill::Sequential] {
+        let mut state = model.new_state(1);
+        let base = memory::resident();
+        memory::reset_peak();
+        let start = Instant::now();
+        let mut fed = 0;
+        for &len in &cli.prompts {
+            if mode == Prefill::Sequential && len > sequential_max {
+                break;
+            }
+            let ids = model.input_ids(&[&prompt[fed..len]]).map_err(line)?;
+            let _ = model.prefill(ids, &mut state, mode).map_err(line)?;
+            sync()?;
+            fed = len;
+            rows.push(PrefillRow::new(
+                mode,
+                len,
+                start.elapsed().as_secs_f64(),
+                base,
+            ));
+            eprintln!("prefill {}", rows[rows.len() - 1]);
+        }
+    }
+
+    let mut peaks: Vec<(usize, u64)> = Vec::new();
+    for &len in &cli.prompts {
+        if let [.., (l0, p0), (l1, p1)] = peaks[..] {
+            let slope = p1.saturating_sub(p0) as f64 / (l1 - l0) as f64;
+            let predicted = p1 as f64 + slope * (len - l1) as f64;
+            if predicted > max_mem as f64 {
+                eprintln!(
+                    "prefill parallel {len}: skipped, predicted peak {} over --max-mem",
+                    report::mib(Some(predicted as u64))
+                );
+                break;
+            }
+        }
+        let mut state = model.new_state(1);
+        let base = memory::resident();
+        memory::reset_peak();
+        let start = Instant::now();
+        let ids = model.input_ids(&[&prompt[..len]]).map_err(line)?;
+        let _ = model
+            .prefill(ids, &mut state, Prefill::Parallel)
+            .map_err(line)?;
+        sync()?;
+        let row = PrefillRow::new(Prefill::Parallel, len, start.elapsed().as_secs_f64(), base);
+        eprintln!("prefill {row}");
+        let over = row.peak.is_some_and(|p| p > max_mem);
+        if let Some(peak) = row.peak {
+            peaks.push((len, peak));
+        }
+        rows.push(row);
+        if over {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (backend, dtype) = (cli.backend.clone(), cli.dtype.clone());
+    match backend::on_backend(&backend, &dtype, Bench { cli }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
