@@ -32,7 +32,7 @@ fn status_kib(field: &str) -> Option<u64> {
 }
 
 /// Makes freed buffers of 1 MiB and more go back to the OS at once, so the resident size shows
-/// what is live. (glibc otherwise raises its mmap threshold to the largest freed buffer, up to
+/// what is live (give or take 4 MiB of small buffers kept for reuse). (glibc otherwise raises its mmap threshold to the largest freed buffer, up to
 /// 32 MiB, and keeps such buffers in its heap: the resident size would then remember the largest
 /// activations ever allocated.)
 pub fn return_freed_memory() {
@@ -40,6 +40,9 @@ pub fn return_freed_memory() {
     // SAFETY: mallopt only changes allocator tuning; called before the model allocates.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        // Fixing the threshold also fixes the heap's trim threshold (128 KiB), and trimming
+        // that often page-faults the small buffers of every decode step back in.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
     }
 }
 

@@ -39,13 +39,11 @@ pub fn font(path: Option<&Path>) -> Option<&'static str> {
 type Chart<'a> = ChartContext<
     'a,
     BitMapBackend<'a>,
-    Cartesian2d<
-        plotters::coord::combinators::LogCoord<f64>,
-        plotters::coord::types::RangedCoordf64,
-    >,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-/// A chart with a log-scale x axis over `xs` and a linear y axis from 0 to above `y_max`.
+/// A chart whose x axis is log2 of token counts from `x_min` to `x_max` (labelled at the powers
+/// of two) and whose y axis runs from 0 to above `y_max`.
 fn chart<'a>(
     area: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
     family: &str,
@@ -54,22 +52,27 @@ fn chart<'a>(
     (x_min, x_max): (f64, f64),
     y_max: f64,
 ) -> Result<Chart<'a>, String> {
+    let (lo, hi) = (x_min.log2(), x_max.log2());
     let mut chart = ChartBuilder::on(area)
         .caption(caption, (family, 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(
-            (x_min * 0.8..x_max * 1.25).log_scale(),
-            0.0..(y_max * 1.15).max(1e-9),
-        )
+        .build_cartesian_2d(lo - 0.4..hi + 0.4, 0.0..(y_max * 1.15).max(1e-9))
         .map_err(plot_error)?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
         .label_style((family, 14))
-        .x_label_formatter(&|x| tokens(*x))
+        .x_labels((hi - lo) as usize + 2)
+        .x_label_formatter(&|v| {
+            if (v - v.round()).abs() < 1e-6 {
+                tokens(v.round().exp2())
+            } else {
+                String::new()
+            }
+        })
         .draw()
         .map_err(plot_error)?;
     Ok(chart)
@@ -88,12 +91,14 @@ fn tokens(x: f64) -> String {
     }
 }
 
+/// A line with markers; x values are token counts.
 fn series<'a>(
     chart: &mut Chart<'a>,
     points: Vec<(f64, f64)>,
     color: RGBColor,
     label: &str,
 ) -> Result<(), String> {
+    let points: Vec<(f64, f64)> = points.into_iter().map(|(x, y)| (x.log2(), y)).collect();
     chart
         .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
         .map_err(plot_error)?

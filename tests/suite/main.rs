@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod dtypes;
 mod end_to_end;
+mod memory;
 mod parity;
 mod prefill;
 mod scan;

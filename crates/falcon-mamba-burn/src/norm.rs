@@ -4,6 +4,8 @@
 use burn::module::Param;
 use burn::prelude::*;
 
+use crate::scan::SelectiveScanBackend;
+
 /// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -13,15 +15,24 @@ pub struct RmsNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> RmsNorm<B> {
+impl<B: SelectiveScanBackend> RmsNorm<B> {
     /// Normalises `x` over its last dimension and scales it.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        rms(x, self.eps) * self.weight.val().unsqueeze()
+        B::rms_norm(x, Some(self.weight.val()), self.eps)
     }
 }
 
 /// `x / sqrt(mean(x^2) + eps)` over the last dimension, without a weight.
-pub fn rms<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+pub fn rms<B: SelectiveScanBackend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    B::rms_norm(x, None, eps)
+}
+
+/// [`SelectiveScanBackend::rms_norm`] from tensor ops.
+pub fn rms_norm_reference<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
     let inv_rms = x
         .clone()
         .square()
@@ -29,5 +40,9 @@ pub fn rms<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D
         .add_scalar(eps)
         .sqrt()
         .recip();
-    x * inv_rms
+    let y = x * inv_rms;
+    match weight {
+        Some(w) => y * w.unsqueeze(),
+        None => y,
+    }
 }

@@ -156,6 +156,35 @@ where
     (y.swap_dims(1, 2), new_state)
 }
 
+/// See [`super::SelectiveScanBackend::rms_norm`]: one pass per row, the mean of squares summed
+/// in f64.
+pub fn rms_norm<B, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D>
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    let device = x.device();
+    let width = x.dims()[D - 1];
+    let shape = x.shape();
+    let mut y = host(x); // [rows, width]
+    let weight = weight.map(host); // [width]
+    for row in y.chunks_exact_mut(width.max(1)) {
+        let mean_square = row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / width as f64;
+        let inv_rms = (1.0 / (mean_square + eps).sqrt()) as f32;
+        match &weight {
+            Some(w) => row
+                .iter_mut()
+                .zip(w)
+                .for_each(|(v, w)| *v = *v * inv_rms * w),
+            None => row.iter_mut().for_each(|v| *v *= inv_rms),
+        }
+    }
+    Tensor::from_data(TensorData::new(y, shape), &device)
+}
+
 /// A tensor's values in row-major order. burn's `into_data` cannot take the buffer of a shared
 /// tensor (weights, states) and then walks it element by element through dynamic-rank indices;
 /// this copies the storage's slice in one go.

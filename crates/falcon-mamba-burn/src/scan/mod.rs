@@ -63,6 +63,17 @@ pub trait SelectiveScanBackend: Backend {
         burn::tensor::module::linear(input, weight, bias)
     }
 
+    /// RMS normalisation over the last dimension, `x / sqrt(mean(x^2) + eps) * weight` (no weight:
+    /// Falcon Mamba's B/C/dt norms). An op of its own because as tensor ops it is seven of them,
+    /// and a decode step runs four per layer on vectors of a few hundred values.
+    fn rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Option<Tensor<Self, 1>>,
+        eps: f64,
+    ) -> Tensor<Self, D> {
+        crate::norm::rms_norm_reference(x, weight, eps)
+    }
+
     /// Runs one pass of the model (its ops and kernels). CPU backends override it to run the pass
     /// on a thread of their pool: the kernels' parallel loops then start from a worker instead of
     /// handing work from the caller's thread to the pool and back at every op (~7% of a decode
@@ -119,6 +130,14 @@ where
 
     fn pass<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
         rayon::scope(|_| pass())
+    }
+
+    fn rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Option<Tensor<Self, 1>>,
+        eps: f64,
+    ) -> Tensor<Self, D> {
+        cpu::rms_norm(x, weight, eps)
     }
 }
 
