@@ -1,7 +1,8 @@
 //! Falcon Mamba's promises, measured: a random-weight model of a real shape (no checkpoint) on any
 //! backend, and
-//! - decode: per-token latency (median over `--decode-tokens` steps of `generate`) and the
-//!   process's resident memory at growing positions (the context is fed by chunked prefill);
+//! - decode: per-token latency (median over `--decode-tokens` steps of `generate`, timed in
+//!   rounds that visit every position in turn) and the process's resident memory at growing
+//!   positions (the context is fed by chunked prefill);
 //! - prefill: tokens/s and peak resident memory per prompt length in parallel, chunked and
 //!   sequential mode, and the longest prompt each mode handled under `--max-mem`;
 //! - the decode bandwidth bound: the weight bytes one token reads ÷ the read bandwidth measured
@@ -33,7 +34,7 @@ use clap::Parser;
 use falcon_mamba::model::burn::prelude::*;
 use falcon_mamba::model::burn::tensor::Distribution;
 use falcon_mamba::{
-    FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, SelectiveScanBackend,
+    FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, SelectiveScanBackend, State,
 };
 use report::{DecodeRow, PrefillRow, Report};
 
@@ -177,7 +178,6 @@ impl OnBackend for Bench {
                 "--run {other:?}: expected bandwidth, decode or prefill"
             ));
         }
-        memory::return_freed_memory();
         let config = FalconMambaConfig::falcon_mamba(hidden, layers, cli.vocab).map_err(line)?;
         eprintln!(
             "building a random {} model on {} ...",
@@ -250,64 +250,106 @@ fn device_read_bandwidth<B: Backend>(device: &B::Device) -> Result<f64, String> 
     Ok((len * 4) as f64 / memory::median(times))
 }
 
-/// Decode steps run before the timed ones at each position.
+/// Decode steps run before the resident memory is read at each position.
 const WARM_UP_STEPS: usize = 4;
+/// Timed decode steps per position per round.
+const STEPS_PER_ROUND: usize = 4;
 
-/// Decode latency and resident memory at each position: chunked prefill up to the position,
-/// then `decode_tokens` timed steps of the library's generation loop (step + sampling).
+/// Decode latency and resident memory at each position, in two phases. Reach: chunked prefill
+/// to each position in turn (one state alive), a few decode steps, the resident memory read, the
+/// state saved to a file. Time: all saved states loaded, then `decode_tokens` steps per position
+/// of the library's generation loop (step + sampling) in interleaved rounds, so that the
+/// machine's slow moments fall on every position alike rather than on whichever ran then.
 fn decode<B: SelectiveScanBackend>(
     model: &FalconMamba<B>,
     cli: &Cli,
     ids: &mut Ids,
 ) -> Result<Vec<DecodeRow>, String> {
     let device = model.device();
+    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
+    let config = |prefill, steps| {
+        GenerationConfig::default()
+            .with_max_new_tokens(1 + steps)
+            .with_eos_token_ids(Vec::new())
+            .with_prefill(prefill)
+    };
+    let dir = cli.out.join("states");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = |position: usize| dir.join(format!("position-{position}.safetensors"));
+
+    // One chunk through a scratch state first: the allocator keeps freed activation buffers for
+    // reuse, and its cache should be at its steady size before the first reading, not grow
+    // between the first (shorter) prefill and the later ones.
+    let scratch = model.input_ids(&[ids.take(cli.chunk)]).map_err(line)?;
+    let _ = model
+        .prefill(scratch, &mut model.new_state(1), Prefill::Parallel)
+        .map_err(line)?;
+
     let mut state = model.new_state(1);
     let mut position = 0;
     let mut rows = Vec::new();
     for &target in &cli.positions {
-        let config = GenerationConfig::default()
-            .with_max_new_tokens(1 + WARM_UP_STEPS + cli.decode_tokens)
-            .with_eos_token_ids(Vec::new())
-            .with_prefill(Prefill::Chunked(cli.chunk));
         let prompt = ids.take(target.saturating_sub(position).max(1));
-        eprintln!(
-            "decode: feeding {} tokens to reach position {target} ...",
-            prompt.len()
-        );
+        eprintln!("decode: feeding {} tokens to reach position {target} ...", prompt.len());
         let start = Instant::now();
         let mut generation = model
-            .generate_from(&[prompt], state, &config)
+            .generate_from(&[prompt], state, &config(Prefill::Chunked(cli.chunk), WARM_UP_STEPS))
             .map_err(line)?;
-        // The first token comes from the prompt's logits; every later one costs a step.
+        // The first token comes from the prompt's logits.
         generation.next();
-        B::sync(&device).map_err(|e| format!("{e:?}"))?;
+        sync()?;
         let reach = start.elapsed().as_secs_f64();
-        // Untimed steps first: caches and the allocator settle after the prefill.
         for _ in 0..WARM_UP_STEPS {
             generation.next().ok_or("generation ended early")?;
         }
-        let mut times = Vec::with_capacity(cli.decode_tokens);
-        for _ in 0..cli.decode_tokens {
-            let start = Instant::now();
-            generation.next().ok_or("generation ended early")?;
-            times.push(start.elapsed().as_secs_f64());
-        }
-        position = target.max(position + 1) + WARM_UP_STEPS + cli.decode_tokens;
+        position = target.max(position + 1) + WARM_UP_STEPS;
         state = generation.into_state();
-        let row = DecodeRow {
+        let resident = memory::resident();
+        state
+            .save(file(target), model.config(), &Default::default())
+            .map_err(line)?;
+        eprintln!("decode: at {target}, resident {}", report::mib(resident));
+        rows.push(DecodeRow {
             position: target,
-            latency: memory::median(times.iter().copied()),
-            resident: memory::resident(),
+            latency: f64::NAN,
+            resident,
             state_bytes: state.size_in_bytes(),
             reach_seconds: reach,
-        };
-        eprintln!(
-            "decode at {target}: {:.2} ms/token, resident {}",
-            row.latency * 1e3,
-            report::mib(row.resident)
-        );
-        rows.push(row);
+        });
     }
+    drop(state);
+
+    let mut states = Vec::new();
+    for row in &rows {
+        let (state, _) = State::<B>::load(file(row.position), model.config(), &device).map_err(line)?;
+        states.push(Some(state));
+    }
+    let mut times = vec![Vec::new(); rows.len()];
+    let rounds = cli.decode_tokens.div_ceil(STEPS_PER_ROUND);
+    eprintln!("decode: timing {rounds} rounds of {STEPS_PER_ROUND} steps at each position ...");
+    for _ in 0..rounds {
+        for (slot, times) in states.iter_mut().zip(&mut times) {
+            let state = slot.take().ok_or("state taken twice")?;
+            let token = ids.take(1);
+            let mut generation = model
+                .generate_from(&[token], state, &config(Prefill::Sequential, STEPS_PER_ROUND))
+                .map_err(line)?;
+            generation.next();
+            sync()?;
+            for _ in 0..STEPS_PER_ROUND {
+                let start = Instant::now();
+                generation.next().ok_or("generation ended early")?;
+                times.push(start.elapsed().as_secs_f64());
+            }
+            *slot = Some(generation.into_state());
+        }
+    }
+    for (row, times) in rows.iter_mut().zip(times) {
+        row.latency = memory::median(times);
+        eprintln!("decode at {}: {:.2} ms/token", row.position, row.latency * 1e3);
+        let _ = std::fs::remove_file(file(row.position));
+    }
+    let _ = std::fs::remove_dir(&dir);
     Ok(rows)
 }
 

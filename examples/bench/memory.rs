@@ -31,21 +31,6 @@ fn status_kib(field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Makes freed buffers of 1 MiB and more go back to the OS at once, so the resident size shows
-/// what is live (give or take 4 MiB of small buffers kept for reuse). (glibc otherwise raises its mmap threshold to the largest freed buffer, up to
-/// 32 MiB, and keeps such buffers in its heap: the resident size would then remember the largest
-/// activations ever allocated.)
-pub fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before the model allocates.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        // Fixing the threshold also fixes the heap's trim threshold (128 KiB), and trimming
-        // that often page-faults the small buffers of every decode step back in.
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
-    }
-}
-
 /// Host read bandwidth in bytes/s: the median of 10 streaming sums of a 1 GiB buffer on every
 /// core, the bound a memory-bound decode step can reach on the CPU.
 pub fn host_read_bandwidth() -> f64 {

@@ -14,7 +14,7 @@ pub struct DecodeRow {
     pub position: usize,
     /// Median seconds per token.
     pub latency: f64,
-    /// Process resident bytes after the timed steps.
+    /// Process resident bytes at this position (the only state alive).
     pub resident: Option<u64>,
     /// The recurrent state's bytes.
     pub state_bytes: usize,
