@@ -277,23 +277,22 @@ fn decode<B: SelectiveScanBackend>(
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let file = |position: usize| dir.join(format!("position-{position}.safetensors"));
 
-    // One chunk through a scratch state first: the allocator keeps freed activation buffers for
-    // reuse, and its cache should be at its steady size before the first reading, not grow
-    // between the first (shorter) prefill and the later ones.
-    let scratch = model.input_ids(&[ids.take(cli.chunk)]).map_err(line)?;
-    let _ = model
-        .prefill(scratch, &mut model.new_state(1), Prefill::Parallel)
-        .map_err(line)?;
-
     let mut state = model.new_state(1);
     let mut position = 0;
     let mut rows = Vec::new();
     for &target in &cli.positions {
         let prompt = ids.take(target.saturating_sub(position).max(1));
-        eprintln!("decode: feeding {} tokens to reach position {target} ...", prompt.len());
+        eprintln!(
+            "decode: feeding {} tokens to reach position {target} ...",
+            prompt.len()
+        );
         let start = Instant::now();
         let mut generation = model
-            .generate_from(&[prompt], state, &config(Prefill::Chunked(cli.chunk), WARM_UP_STEPS))
+            .generate_from(
+                &[prompt],
+                state,
+                &config(Prefill::Chunked(cli.chunk), WARM_UP_STEPS),
+            )
             .map_err(line)?;
         // The first token comes from the prompt's logits.
         generation.next();
@@ -321,7 +320,8 @@ fn decode<B: SelectiveScanBackend>(
 
     let mut states = Vec::new();
     for row in &rows {
-        let (state, _) = State::<B>::load(file(row.position), model.config(), &device).map_err(line)?;
+        let (state, _) =
+            State::<B>::load(file(row.position), model.config(), &device).map_err(line)?;
         states.push(Some(state));
     }
     let mut times = vec![Vec::new(); rows.len()];
@@ -332,7 +332,11 @@ fn decode<B: SelectiveScanBackend>(
             let state = slot.take().ok_or("state taken twice")?;
             let token = ids.take(1);
             let mut generation = model
-                .generate_from(&[token], state, &config(Prefill::Sequential, STEPS_PER_ROUND))
+                .generate_from(
+                    &[token],
+                    state,
+                    &config(Prefill::Sequential, STEPS_PER_ROUND),
+                )
                 .map_err(line)?;
             generation.next();
             sync()?;
@@ -346,7 +350,11 @@ fn decode<B: SelectiveScanBackend>(
     }
     for (row, times) in rows.iter_mut().zip(times) {
         row.latency = memory::median(times);
-        eprintln!("decode at {}: {:.2} ms/token", row.position, row.latency * 1e3);
+        eprintln!(
+            "decode at {}: {:.2} ms/token",
+            row.position,
+            row.latency * 1e3
+        );
         let _ = std::fs::remove_file(file(row.position));
     }
     let _ = std::fs::remove_dir(&dir);
