@@ -69,7 +69,8 @@ struct Cli {
         default_value = "256,1024,4096,16384,65536"
     )]
     positions: Vec<usize>,
-    /// Decode steps timed at each position (the median is reported).
+    /// Decode steps timed at each position, rounded up to a multiple of 4 (the median is
+    /// reported).
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
     /// Prompt lengths for prefill, ascending.
