@@ -15,7 +15,9 @@ use falcon_mamba::model::burn::tensor::Distribution;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use falcon_mamba::model::scan::SelectiveScanBackend;
 use falcon_mamba::model::scan::{cpu, reference, ScanInput};
-use rayon::prelude::*;
+
+#[path = "../examples/bench/stream.rs"]
+mod stream;
 
 const CHANNELS: usize = 8192;
 const STATE: usize = 16;
@@ -114,23 +116,7 @@ fn bandwidth(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory");
     group.sample_size(10);
     group.throughput(Throughput::Bytes((buffer.len() * 4) as u64));
-    group.bench_function("read_1GiB", |bench| {
-        bench.iter(|| {
-            buffer
-                .par_chunks(1 << 16)
-                .map(|chunk| {
-                    // Eight independent sums so the adds vectorise.
-                    let mut acc = [0.0f32; 8];
-                    for v in chunk.chunks_exact(8) {
-                        for (a, x) in acc.iter_mut().zip(v) {
-                            *a += x;
-                        }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum::<f32>()
-        })
-    });
+    group.bench_function("read_1GiB", |bench| bench.iter(|| stream::sum(&buffer)));
     group.finish();
 }
 

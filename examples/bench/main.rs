@@ -24,6 +24,7 @@ mod backend;
 mod memory;
 mod plot;
 mod report;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,8 +3,6 @@
 
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 /// Resident set size in bytes (`VmRSS`), where the OS reports it, after handing the allocator's
 /// free memory back to the OS: glibc keeps freed buffers in per-thread arenas for reuse, and
 /// without the trim the reading would drift with whichever activations were freed last.
@@ -42,21 +40,7 @@ fn status_kib(field: &str) -> Option<u64> {
 /// core, the bound a memory-bound decode step can reach on the CPU.
 pub fn host_read_bandwidth() -> f64 {
     let buffer = vec![1.0f32; 1 << 28];
-    let read = || {
-        buffer
-            .par_chunks(1 << 16)
-            .map(|chunk| {
-                // Eight independent sums so the adds vectorise.
-                let mut acc = [0.0f32; 8];
-                for v in chunk.chunks_exact(8) {
-                    for (a, x) in acc.iter_mut().zip(v) {
-                        *a += x;
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum::<f32>()
-    };
+    let read = || crate::stream::sum(&buffer);
     std::hint::black_box(read());
     let seconds = median((0..10).map(|_| {
         let start = Instant::now();
