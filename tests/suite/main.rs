@@ -4,6 +4,7 @@ mod bad_input;
 mod chat;
 mod cli;
 mod common;
+mod decode;
 mod dtypes;
 mod end_to_end;
 mod memory;

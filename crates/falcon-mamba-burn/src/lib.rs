@@ -3,6 +3,8 @@
 //! `FalconMamba<B>` runs on any burn backend `B` that implements [`SelectiveScanBackend`].
 #![warn(missing_docs)]
 
+#[cfg(feature = "ndarray")]
+mod decode;
 pub mod generate;
 #[cfg(feature = "ndarray")]
 mod matvec;

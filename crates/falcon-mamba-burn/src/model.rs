@@ -137,7 +137,15 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     }
 
     /// One decode step: ids `[batch]` → logits `[batch, vocab]`, updating `state`.
+    ///
+    /// Backends with a fused decode pass ([`SelectiveScanBackend::fused_step`]: burn-ndarray, up
+    /// to 8 rows) run it here; it gives the same logits and state as [`FalconMamba::forward`] on
+    /// a one-token chunk.
     pub fn step(&self, ids: Tensor<B, 1, Int>, state: &mut State<B>) -> Result<Tensor<B, 2>> {
+        state.check(&self.config, ids.dims()[0])?;
+        if let Some(logits) = B::fused_step(self, ids.clone(), state) {
+            return logits;
+        }
         let logits = self.forward(ids.unsqueeze_dim(1), state)?; // [batch, 1, vocab]
         Ok(logits.squeeze_dim(1))
     }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::ScanInput;
 
 /// Channels per task: two AVX2 vectors, a whole 64-byte cache line of each time step's row.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// See [`super::SelectiveScanBackend::selective_scan`].
 pub fn selective_scan<B>(input: ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>)
@@ -34,9 +34,8 @@ where
     let a = host(input.a); // [channels, state]
     let d = host(input.d); // [channels]
     let bias = input.delta_bias.map_or_else(|| vec![0.0; channels], host); // [channels]
-    let s0 = host(input.state); // [batch, channels, state]
 
-    let shared = Shared {
+    let shared = ScanBuffers {
         channels,
         state,
         len,
@@ -48,12 +47,11 @@ where
         a: &a,
         d: &d,
         bias: &bias,
-        s0: &s0,
     };
     // Outputs are channel-major, so every task owns one contiguous piece of each. Short
     // sequences get more channels per task, to keep tasks worth scheduling (~64k updates).
     let mut y = vec![0.0f32; batch * channels * len]; // [batch, channels, len]
-    let mut s = vec![0.0f32; batch * channels * state]; // [batch, channels, state]
+    let mut s = host(input.state); // [batch, channels, state], scanned in place
     let per_task = LANES * (65_536 / (LANES * state * len).max(1)).clamp(1, 64);
     y.par_chunks_mut(channels * len)
         .zip(s.par_chunks_mut(channels * state))
@@ -172,17 +170,22 @@ where
     let mut y = host(x); // [rows, width]
     let weight = weight.map(host); // [width]
     for row in y.chunks_exact_mut(width.max(1)) {
-        let mean_square = row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / width as f64;
-        let inv_rms = (1.0 / (mean_square + eps).sqrt()) as f32;
-        match &weight {
-            Some(w) => row
-                .iter_mut()
-                .zip(w)
-                .for_each(|(v, w)| *v = *v * inv_rms * w),
-            None => row.iter_mut().for_each(|v| *v *= inv_rms),
-        }
+        rms_norm_row(row, weight.as_deref(), eps);
     }
     Tensor::from_data(TensorData::new(y, shape), &device)
+}
+
+/// One row of [`rms_norm`], in place.
+pub(crate) fn rms_norm_row(row: &mut [f32], weight: Option<&[f32]>, eps: f64) {
+    let mean_square = row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / row.len() as f64;
+    let inv_rms = (1.0 / (mean_square + eps).sqrt()) as f32;
+    match weight {
+        Some(w) => row
+            .iter_mut()
+            .zip(w)
+            .for_each(|(v, w)| *v = *v * inv_rms * w),
+        None => row.iter_mut().for_each(|v| *v *= inv_rms),
+    }
 }
 
 /// A tensor's values in row-major order. burn's `into_data` cannot take the buffer of a shared
@@ -229,26 +232,34 @@ where
     out
 }
 
-/// The host buffers every task reads.
-struct Shared<'a> {
-    channels: usize,
-    state: usize,
-    len: usize,
-    x: &'a [f32],
-    delta: &'a [f32],
-    z: Option<&'a [f32]>,
-    b: &'a [f32],
-    c: &'a [f32],
-    a: &'a [f32],
-    d: &'a [f32],
-    bias: &'a [f32],
-    s0: &'a [f32],
+/// The host buffers every scan task reads, laid out as [`ScanInput`]'s tensors but time-major.
+pub(crate) struct ScanBuffers<'a> {
+    pub channels: usize,
+    pub state: usize,
+    pub len: usize,
+    /// `[batch, len, channels]`
+    pub x: &'a [f32],
+    /// `[batch, len, channels]`
+    pub delta: &'a [f32],
+    /// `[batch, len, channels]`
+    pub z: Option<&'a [f32]>,
+    /// `[batch, len, state]`
+    pub b: &'a [f32],
+    /// `[batch, len, state]`
+    pub c: &'a [f32],
+    /// `[channels, state]`
+    pub a: &'a [f32],
+    /// `[channels]`
+    pub d: &'a [f32],
+    /// `[channels]`
+    pub bias: &'a [f32],
 }
 
-impl Shared<'_> {
-    /// Scans channels `d0 .. d0 + LANES` of batch row `bi` into `y` (`[lanes, len]`) and `s`
-    /// (`[lanes, state]`), both cut short when fewer channels remain.
-    fn block(&self, bi: usize, d0: usize, y: &mut [f32], s: &mut [f32]) {
+impl ScanBuffers<'_> {
+    /// Scans channels `d0 .. d0 + LANES` of batch row `bi` into `y` (`[lanes, len]`), continuing
+    /// from and updating their state `s` (`[lanes, state]`); both are cut short when fewer
+    /// channels remain.
+    pub(crate) fn block(&self, bi: usize, d0: usize, y: &mut [f32], s: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -297,7 +308,7 @@ impl Shared<'_> {
             .map(|n| {
                 let mut v = [0.0; LANES];
                 for (l, v) in v.iter_mut().enumerate().take(width) {
-                    *v = self.s0[(bi * channels + d0 + l) * n_state + n];
+                    *v = s_out[l * n_state + n];
                 }
                 v
             })
@@ -346,8 +357,10 @@ impl Shared<'_> {
     }
 }
 
+/// `a * b + c`, fused where `FMA` (only where the CPU has it: elsewhere `mul_add` is a slow
+/// library call).
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {
@@ -356,7 +369,7 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 #[inline(always)]
-fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 

@@ -14,6 +14,9 @@ pub mod fusion;
 pub mod reference;
 
 use burn::prelude::*;
+use falcon_mamba_core::Result;
+
+use crate::{FalconMamba, State};
 
 /// Inputs of one chunk of the selective scan.
 #[derive(Debug, Clone)]
@@ -82,6 +85,19 @@ pub trait SelectiveScanBackend: Backend {
         pass()
     }
 
+    /// The whole model's decode step (ids `[batch]` → logits `[batch, vocab]`, updating a state
+    /// already checked against the model and batch) as one fused pass, for backends where a
+    /// step's many small ops cost more than its arithmetic. `None` when the backend has no such
+    /// pass or it does not apply (e.g. too many rows): the model then runs the step op by op.
+    fn fused_step(
+        model: &FalconMamba<Self>,
+        ids: Tensor<Self, 1, Int>,
+        state: &mut State<Self>,
+    ) -> Option<Result<Tensor<Self, 2>>> {
+        let _ = (model, ids, state);
+        None
+    }
+
     /// Depthwise causal conv1d with bias, then SiLU, continuing from `conv_state` (the K-1 previous
     /// pre-conv inputs per channel).
     ///
@@ -130,6 +146,14 @@ where
 
     fn pass<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
         rayon::scope(|_| pass())
+    }
+
+    fn fused_step(
+        model: &FalconMamba<Self>,
+        ids: Tensor<Self, 1, Int>,
+        state: &mut State<Self>,
+    ) -> Option<Result<Tensor<Self, 2>>> {
+        crate::decode::step(model, ids, state)
     }
 
     fn rms_norm<const D: usize>(

@@ -1,0 +1,755 @@
+//! One decode step of the whole model as a single CPU pass (burn-ndarray, up to a few rows).
+//!
+//! A decode step reads every weight once, so on the CPU its floor is the memory bandwidth. Run
+//! op by op it also pays ~30 small tensor ops per layer, each allocating its output and handing
+//! work to the thread pool and back: a sixth of a 370m step on two cores. Here each worker thread
+//! owns a fixed share of every layer, the workers meet at three barriers per layer, and nothing
+//! between the projections is a tensor op:
+//!
+//! 1. in_proj: worker `w` multiplies its block of hidden features (a contiguous block of weight
+//!    rows, the access the read bandwidth favours) into a partial x | z.
+//! 2. Worker `w` owns a block of channels: it adds up x and z for them from every partial, steps
+//!    their conv, and multiplies its channels' rows of x_proj into a partial dt | B | C.
+//! 3. Every worker adds up dt | B | C and normalises them (a few hundred values, cheaper to repeat
+//!    than to meet over), projects dt to delta for its channels, scans them, and multiplies its
+//!    channels' rows of out_proj into a partial of the mixer output.
+//! 4. Every worker adds the partials to its own copy of the residual stream; after the last layer,
+//!    each multiplies its block of hidden features into partial logits.
+//!
+//! The arithmetic is the op-by-op path's in the same order (blocks split as in [`crate::matvec`],
+//! the same scan, conv and norm code), so both paths give the same bits.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::RwLock;
+
+use burn::backend::ndarray::{NdArrayTensor, SharedArray};
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorPrimitive};
+use falcon_mamba_core::{Error, Result};
+
+use crate::matvec::{accumulate, block_range, MAX_ROWS};
+use crate::model::FalconMamba;
+use crate::scan::cpu::{rms_norm_row, silu, ScanBuffers, LANES};
+use crate::scan::SelectiveScanBackend;
+use crate::state::LayerState;
+use crate::State;
+
+/// See [`SelectiveScanBackend::fused_step`]. `None` (the caller runs the ops) for more than
+/// [`MAX_ROWS`] rows or weights that are not f32 in row-major host memory.
+pub fn step<B>(
+    model: &FalconMamba<B>,
+    ids: Tensor<B, 1, Int>,
+    state: &mut State<B>,
+) -> Option<Result<Tensor<B, 2>>>
+where
+    B: SelectiveScanBackend + Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    let rows = ids.dims()[0];
+    if rows == 0 || rows > MAX_ROWS {
+        return None;
+    }
+    let tensors = Weights::of(model);
+    let weights = tensors.slices()?;
+    let shape = Shape::of(model, rows, &weights)?;
+
+    let vocab = model.config.vocab_size;
+    let mut tokens = Vec::with_capacity(rows);
+    for (row, id) in ids.into_data().iter::<i64>().enumerate() {
+        match usize::try_from(id) {
+            Ok(id) if id < vocab => tokens.push(id),
+            _ => {
+                return Some(Err(Error::TokenOutOfRange {
+                    id: u32::try_from(id).unwrap_or(u32::MAX),
+                    row,
+                    position: 0,
+                    vocab_size: vocab,
+                }))
+            }
+        }
+    }
+
+    // The state is updated in place: its arrays are taken out of the tensors (copied only if a
+    // forked state shares them) and put back whatever happens.
+    if !state
+        .layers
+        .iter()
+        .all(|l| l.conv.dtype() == DType::F32 && l.ssm.dtype() == DType::F32)
+    {
+        return None;
+    }
+    let (mut conv, mut ssm): (Vec<_>, Vec<_>) = std::mem::take(&mut state.layers)
+        .into_iter()
+        .map(|l| (host_array(l.conv), host_array(l.ssm)))
+        .unzip();
+    let logits = run(&shape, &weights, &tokens, &mut conv, &mut ssm);
+    state.layers = conv
+        .into_iter()
+        .zip(ssm)
+        .map(|(conv, ssm)| LayerState {
+            conv: tensor(conv),
+            ssm: tensor(ssm),
+        })
+        .collect();
+    let logits = TensorData::new(logits?, [rows, shape.vocab]);
+    Some(Ok(Tensor::from_data(logits, &model.device())))
+}
+
+/// Splits the work among the workers, runs them and adds up the logits, `[rows, vocab]`.
+fn run(
+    shape: &Shape,
+    weights: &Weights<&[f32]>,
+    tokens: &[usize],
+    conv: &mut [SharedArray<f32>],
+    ssm: &mut [SharedArray<f32>],
+) -> Option<Vec<f32>> {
+    // Each worker's channels of each layer's state, per row: [worker][layer][row].
+    let conv_shares = owned_shares(conv, shape, shape.kernel - 1)?;
+    let ssm_shares = owned_shares(ssm, shape, shape.state)?;
+    let exchange = Exchange::new(shape);
+    std::thread::scope(|scope| {
+        let mut shares = conv_shares.into_iter().zip(ssm_shares).enumerate();
+        let first = shares.next();
+        for (w, (conv, ssm)) in shares {
+            let exchange = &exchange;
+            scope.spawn(move || Worker::new(w, shape, weights, exchange, conv, ssm).run(tokens));
+        }
+        if let Some((w, (conv, ssm))) = first {
+            Worker::new(w, shape, weights, &exchange, conv, ssm).run(tokens);
+        }
+    });
+
+    let partials: Vec<_> = exchange.logits.iter().map(read).collect();
+    let mut logits = partials.first()?.to_vec();
+    for p in &partials[1..] {
+        logits.iter_mut().zip(p.iter()).for_each(|(y, p)| *y += p);
+    }
+    if let Some(bias) = weights.lm_head_bias {
+        for row in logits.chunks_exact_mut(shape.vocab) {
+            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+    }
+    Some(logits)
+}
+
+/// Model dimensions and the work split.
+struct Shape {
+    rows: usize,
+    hidden: usize,
+    channels: usize,
+    state: usize,
+    rank: usize,
+    kernel: usize,
+    vocab: usize,
+    /// Epsilon of the B/C/dt norms, if the model has them.
+    bc_dt_norm_eps: Option<f64>,
+    /// Epsilon of the block norms and norm_f.
+    norm_eps: Vec<f64>,
+    workers: usize,
+}
+
+impl Shape {
+    /// The model's dimensions, `None` if a weight's size does not match them (the op path then
+    /// runs, and fails as it would).
+    fn of<B: Backend>(model: &FalconMamba<B>, rows: usize, w: &Weights<&[f32]>) -> Option<Self> {
+        let first = model.layers.first()?;
+        let shape = Shape {
+            rows,
+            hidden: model.config.hidden_size,
+            channels: model.config.intermediate_size,
+            state: model.config.state_size,
+            rank: first.mixer.dt_rank,
+            kernel: model.config.conv_kernel,
+            vocab: model.lm_head.weight.dims()[1],
+            bc_dt_norm_eps: first.mixer.bc_dt_norm_eps,
+            norm_eps: model
+                .layers
+                .iter()
+                .map(|b| b.norm.eps)
+                .chain([model.norm_f.eps])
+                .collect(),
+            workers: rayon::current_num_threads().max(1),
+        };
+        let (h, c, n, r, k) = (
+            shape.hidden,
+            shape.channels,
+            shape.state,
+            shape.rank,
+            shape.kernel,
+        );
+        let x = r + 2 * n;
+        let fits = |s: &[f32], len: usize| s.len() == len;
+        let fits_opt = |s: Option<&[f32]>, len: usize| s.is_none_or(|s| s.len() == len);
+        let layers_fit = w.layers.iter().all(|l| {
+            fits(l.norm, h)
+                && fits(l.in_proj, h * 2 * c)
+                && fits_opt(l.in_proj_bias, 2 * c)
+                && fits(l.conv, c * k)
+                && fits_opt(l.conv_bias, c)
+                && fits(l.x_proj, c * x)
+                && fits_opt(l.x_proj_bias, x)
+                && fits(l.dt_proj, r * c)
+                && fits(l.dt_bias, c)
+                && fits(l.a, c * n)
+                && fits(l.d, c)
+                && fits(l.out_proj, c * h)
+                && fits_opt(l.out_proj_bias, h)
+        });
+        let model_fits = fits(w.embedding, model.config.vocab_size * h)
+            && fits(w.norm_f, h)
+            && fits(w.lm_head, h * shape.vocab)
+            && fits_opt(w.lm_head_bias, shape.vocab)
+            && model
+                .layers
+                .iter()
+                .all(|b| b.mixer.dt_rank == r && b.mixer.bc_dt_norm_eps == shape.bc_dt_norm_eps);
+        (layers_fit && model_fits && k >= 1).then_some(shape)
+    }
+
+    /// The hidden features worker `w` multiplies into in_proj and lm_head.
+    fn hidden_block(&self, w: usize) -> Range<usize> {
+        block_range(self.hidden, self.workers, w)
+    }
+
+    /// The channels worker `w` owns.
+    fn channel_block(&self, w: usize) -> Range<usize> {
+        block_range(self.channels, self.workers, w)
+    }
+}
+
+/// The weights a step reads, as tensors (`T` = [`NdArrayTensor`], holding the storage) or as
+/// slices borrowed from them (`T` = `&[f32]`).
+struct Weights<T> {
+    /// `[vocab, hidden]`
+    embedding: T,
+    layers: Vec<LayerWeights<T>>,
+    /// `[hidden]`
+    norm_f: T,
+    /// `[hidden, vocab]`
+    lm_head: T,
+    lm_head_bias: Option<T>,
+}
+
+/// One layer's weights; layouts as in [`crate::mixer::Mixer`].
+struct LayerWeights<T> {
+    norm: T,
+    in_proj: T,
+    in_proj_bias: Option<T>,
+    conv: T,
+    conv_bias: Option<T>,
+    x_proj: T,
+    x_proj_bias: Option<T>,
+    dt_proj: T,
+    dt_bias: T,
+    a: T,
+    d: T,
+    out_proj: T,
+    out_proj_bias: Option<T>,
+}
+
+impl Weights<NdArrayTensor> {
+    fn of<B: Backend<FloatTensorPrimitive = NdArrayTensor>>(model: &FalconMamba<B>) -> Self {
+        let weight = |linear: &Linear<B>| primitive(&linear.weight);
+        let bias = |linear: &Linear<B>| linear.bias.as_ref().map(primitive);
+        Weights {
+            embedding: primitive(&model.embedding.weight),
+            layers: model
+                .layers
+                .iter()
+                .map(|block| {
+                    let m = &block.mixer;
+                    LayerWeights {
+                        norm: primitive(&block.norm.weight),
+                        in_proj: weight(&m.in_proj),
+                        in_proj_bias: bias(&m.in_proj),
+                        conv: primitive(&m.conv_weight),
+                        conv_bias: m.conv_bias.as_ref().map(primitive),
+                        x_proj: weight(&m.x_proj),
+                        x_proj_bias: bias(&m.x_proj),
+                        dt_proj: weight(&m.dt_proj),
+                        dt_bias: primitive(&m.dt_bias),
+                        a: primitive(&m.a),
+                        d: primitive(&m.d),
+                        out_proj: weight(&m.out_proj),
+                        out_proj_bias: bias(&m.out_proj),
+                    }
+                })
+                .collect(),
+            norm_f: primitive(&model.norm_f.weight),
+            lm_head: weight(&model.lm_head),
+            lm_head_bias: bias(&model.lm_head),
+        }
+    }
+
+    /// Every weight's values, `None` if one is not an f32 row-major buffer.
+    fn slices(&self) -> Option<Weights<&[f32]>> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Some(LayerWeights {
+                    norm: slice(&l.norm)?,
+                    in_proj: slice(&l.in_proj)?,
+                    in_proj_bias: opt(&l.in_proj_bias)?,
+                    conv: slice(&l.conv)?,
+                    conv_bias: opt(&l.conv_bias)?,
+                    x_proj: slice(&l.x_proj)?,
+                    x_proj_bias: opt(&l.x_proj_bias)?,
+                    dt_proj: slice(&l.dt_proj)?,
+                    dt_bias: slice(&l.dt_bias)?,
+                    a: slice(&l.a)?,
+                    d: slice(&l.d)?,
+                    out_proj: slice(&l.out_proj)?,
+                    out_proj_bias: opt(&l.out_proj_bias)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Weights {
+            embedding: slice(&self.embedding)?,
+            layers,
+            norm_f: slice(&self.norm_f)?,
+            lm_head: slice(&self.lm_head)?,
+            lm_head_bias: opt(&self.lm_head_bias)?,
+        })
+    }
+}
+
+fn primitive<B, const D: usize>(param: &Param<Tensor<B, D>>) -> NdArrayTensor
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    param.val().into_primitive().tensor()
+}
+
+/// An optional weight's values: `Some(None)` when there is no such weight.
+fn opt(t: &Option<NdArrayTensor>) -> Option<Option<&[f32]>> {
+    match t {
+        Some(t) => slice(t).map(Some),
+        None => Some(None),
+    }
+}
+
+fn slice(t: &NdArrayTensor) -> Option<&[f32]> {
+    match t {
+        NdArrayTensor::F32(storage) => storage.view().to_slice(),
+        _ => None,
+    }
+}
+
+/// An f32 tensor's array, row-major, and unique so the step can write it (a copy only if a
+/// forked state shares it or it is a strided view).
+fn host_array<B: Backend<FloatTensorPrimitive = NdArrayTensor>>(
+    t: Tensor<B, 3>,
+) -> SharedArray<f32> {
+    let NdArrayTensor::F32(storage) = t.into_primitive().tensor() else {
+        unreachable!("the caller checked for f32")
+    };
+    let mut array = storage.into_shared();
+    if array.as_slice_mut().is_none() {
+        array = array.as_standard_layout().into_owned().into_shared();
+    }
+    array
+}
+
+fn tensor<B: Backend<FloatTensorPrimitive = NdArrayTensor>>(
+    array: SharedArray<f32>,
+) -> Tensor<B, 3> {
+    Tensor::from_primitive(TensorPrimitive::Float(NdArrayTensor::from(array)))
+}
+
+/// Cuts every layer's state `[rows, channels, width]` into each worker's channels per row:
+/// `[worker][layer][row]`, each `[channels of the worker, width]`.
+fn owned_shares<'a>(
+    layers: &'a mut [SharedArray<f32>],
+    shape: &Shape,
+    width: usize,
+) -> Option<Vec<Vec<Vec<&'a mut [f32]>>>> {
+    let mut shares: Vec<Vec<Vec<&mut [f32]>>> = (0..shape.workers).map(|_| Vec::new()).collect();
+    for layer in layers {
+        let values = layer.as_slice_mut()?;
+        if values.len() != shape.rows * shape.channels * width {
+            return None;
+        }
+        let mut per_worker: Vec<Vec<&mut [f32]>> = (0..shape.workers).map(|_| Vec::new()).collect();
+        for row in values.chunks_exact_mut(shape.channels * width) {
+            let mut rest = row;
+            for (w, share) in per_worker.iter_mut().enumerate() {
+                let (mine, after) = rest.split_at_mut(shape.channel_block(w).len() * width);
+                share.push(mine);
+                rest = after;
+            }
+        }
+        for (share, layer_share) in shares.iter_mut().zip(per_worker) {
+            share.push(layer_share);
+        }
+    }
+    Some(shares)
+}
+
+/// Where workers leave their partial sums for each other: one buffer per worker and
+/// projection, written by its owner between two barriers and read by all after the second.
+struct Exchange {
+    /// `[worker][rows, 2 * channels]`
+    in_proj: Vec<RwLock<Vec<f32>>>,
+    /// `[worker][rows, rank + 2 * state]`
+    x_proj: Vec<RwLock<Vec<f32>>>,
+    /// `[worker][rows, hidden]`
+    out_proj: Vec<RwLock<Vec<f32>>>,
+    /// `[worker][rows, vocab]`
+    logits: Vec<RwLock<Vec<f32>>>,
+    barrier: SpinBarrier,
+}
+
+impl Exchange {
+    fn new(shape: &Shape) -> Self {
+        let buffers = |len: usize| {
+            (0..shape.workers)
+                .map(|_| RwLock::new(vec![0.0; shape.rows * len]))
+                .collect()
+        };
+        Exchange {
+            in_proj: buffers(2 * shape.channels),
+            x_proj: buffers(shape.rank + 2 * shape.state),
+            out_proj: buffers(shape.hidden),
+            logits: buffers(shape.vocab),
+            barrier: SpinBarrier::new(shape.workers),
+        }
+    }
+}
+
+/// A worker's own buffer to fill, zeroed. The lock is never contended: only its owner writes it,
+/// between the barriers where nobody reads it.
+fn zeroed(buffer: &RwLock<Vec<f32>>) -> std::sync::RwLockWriteGuard<'_, Vec<f32>> {
+    let mut guard = buffer
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    guard.fill(0.0);
+    guard
+}
+
+fn read(buffer: &RwLock<Vec<f32>>) -> std::sync::RwLockReadGuard<'_, Vec<f32>> {
+    buffer
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `Σ_w partials[w][i]`, added in worker order (as [`crate::matvec`] adds its blocks).
+fn sum_at(partials: &[std::sync::RwLockReadGuard<'_, Vec<f32>>], i: usize) -> f32 {
+    let mut sum = partials[0][i];
+    for p in &partials[1..] {
+        sum += p[i];
+    }
+    sum
+}
+
+/// One worker's share of the step, and its private buffers.
+struct Worker<'a> {
+    w: usize,
+    shape: &'a Shape,
+    weights: &'a Weights<&'a [f32]>,
+    exchange: &'a Exchange,
+    /// Its channels' conv state, `[layer][row]`, each `[channels, kernel - 1]`.
+    conv: Vec<Vec<&'a mut [f32]>>,
+    /// Its channels' SSM state, `[layer][row]`, each `[channels, state]`.
+    ssm: Vec<Vec<&'a mut [f32]>>,
+    hidden: Range<usize>,
+    channels: Range<usize>,
+    /// The residual stream, a copy in every worker. `[rows, hidden]`
+    h: Vec<f32>,
+    /// The block's normalised input. `[rows, hidden]`
+    normed: Vec<f32>,
+    /// The conv output (the scan's x) of its channels, the rest zero. `[rows, channels]`
+    x: Vec<f32>,
+    /// Its channels' gate. `[rows, own channels]`
+    z: Vec<f32>,
+    /// dt | B | C, normalised. `[rows, rank + 2 * state]`
+    dt_b_c: Vec<f32>,
+    /// Its channels' delta before bias and softplus. `[rows, own channels]`
+    delta: Vec<f32>,
+    /// One block of dt_proj's partial sums, as `delta`.
+    delta_part: Vec<f32>,
+    /// The scan output of its channels, the rest zero. `[rows, channels]`
+    y: Vec<f32>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        w: usize,
+        shape: &'a Shape,
+        weights: &'a Weights<&'a [f32]>,
+        exchange: &'a Exchange,
+        conv: Vec<Vec<&'a mut [f32]>>,
+        ssm: Vec<Vec<&'a mut [f32]>>,
+    ) -> Self {
+        let own = shape.channel_block(w).len();
+        let rows = shape.rows;
+        Worker {
+            w,
+            shape,
+            weights,
+            exchange,
+            conv,
+            ssm,
+            hidden: shape.hidden_block(w),
+            channels: shape.channel_block(w),
+            h: vec![0.0; rows * shape.hidden],
+            normed: vec![0.0; rows * shape.hidden],
+            x: vec![0.0; rows * shape.channels],
+            z: vec![0.0; rows * own],
+            dt_b_c: vec![0.0; rows * (shape.rank + 2 * shape.state)],
+            delta: vec![0.0; rows * own],
+            delta_part: vec![0.0; rows * own],
+            y: vec![0.0; rows * shape.channels],
+        }
+    }
+
+    fn run(mut self, tokens: &[usize]) {
+        // A worker that panics would leave the others spinning: release them, they panic too.
+        let exchange = self.exchange;
+        let _poison = PoisonOnPanic(&exchange.barrier);
+        let hidden = self.shape.hidden;
+        for (row, &id) in tokens.iter().enumerate() {
+            self.h[row * hidden..(row + 1) * hidden]
+                .copy_from_slice(&self.weights.embedding[id * hidden..(id + 1) * hidden]);
+        }
+        for layer in 0..self.weights.layers.len() {
+            self.in_proj(layer);
+            exchange.barrier.wait();
+            self.conv_and_x_proj(layer);
+            exchange.barrier.wait();
+            self.scan_and_out_proj(layer);
+            exchange.barrier.wait();
+            self.residual(layer);
+        }
+        self.logits();
+    }
+
+    /// Phase 1: norm (every worker, whole rows) and this worker's block of in_proj.
+    fn in_proj(&mut self, layer: usize) {
+        let l = self.weights_of(layer);
+        let (hidden, c) = (self.shape.hidden, self.shape.channels);
+        self.normalise(l.norm, self.shape.norm_eps[layer]);
+        let mut partial = zeroed(&self.exchange.in_proj[self.w]);
+        let inputs = self.hidden.clone();
+        accumulate(
+            &mut partial,
+            &self.normed,
+            l.in_proj,
+            hidden,
+            2 * c,
+            inputs,
+            0..2 * c,
+        );
+    }
+
+    /// Phase 2: x and z for this worker's channels, their conv step, and their rows of x_proj.
+    fn conv_and_x_proj(&mut self, layer: usize) {
+        let l = self.weights_of(layer);
+        let (c, k) = (self.shape.channels, self.shape.kernel);
+        let in_proj: Vec<_> = self.exchange.in_proj.iter().map(read).collect();
+        let own = self.channels.len();
+        for row in 0..self.shape.rows {
+            let history = &mut self.conv[layer][row];
+            for (i, ch) in self.channels.clone().enumerate() {
+                let bias = |at: usize| l.in_proj_bias.map_or(0.0, |b| b[at]);
+                let x = sum_at(&in_proj, row * 2 * c + ch) + bias(ch);
+                self.z[row * own + i] = sum_at(&in_proj, row * 2 * c + c + ch) + bias(c + ch);
+                let taps = &l.conv[ch * k..(ch + 1) * k];
+                let conv_bias = l.conv_bias.map_or(0.0, |b| b[ch]);
+                let history = &mut history[i * (k - 1)..(i + 1) * (k - 1)];
+                self.x[row * c + ch] = conv_step(x, taps, conv_bias, history);
+            }
+        }
+        drop(in_proj);
+        let width = self.shape.rank + 2 * self.shape.state;
+        let mut partial = zeroed(&self.exchange.x_proj[self.w]);
+        let inputs = self.channels.clone();
+        accumulate(&mut partial, &self.x, l.x_proj, c, width, inputs, 0..width);
+    }
+
+    /// Phase 3: dt | B | C (every worker, whole), delta, the scan and out_proj for this worker's
+    /// channels.
+    fn scan_and_out_proj(&mut self, layer: usize) {
+        let l = self.weights_of(layer);
+        let (c, n, r) = (self.shape.channels, self.shape.state, self.shape.rank);
+        let width = r + 2 * n;
+        {
+            let x_proj: Vec<_> = self.exchange.x_proj.iter().map(read).collect();
+            for (i, v) in self.dt_b_c.iter_mut().enumerate() {
+                *v = sum_at(&x_proj, i) + l.x_proj_bias.map_or(0.0, |b| b[i % width]);
+            }
+        }
+        if let Some(eps) = self.shape.bc_dt_norm_eps {
+            for row in self.dt_b_c.chunks_exact_mut(width) {
+                let (dt, b_c) = row.split_at_mut(r);
+                let (b, c) = b_c.split_at_mut(n);
+                for part in [dt, b, c] {
+                    rms_norm_row(part, None, eps);
+                }
+            }
+        }
+
+        // delta = dt @ dt_proj for this worker's channels, dt's features in the blocks and order
+        // of the op path's matvec.
+        let own = self.channels.clone();
+        for block in 0..self.shape.workers {
+            let inputs = block_range(r, self.shape.workers, block);
+            let target = if block == 0 {
+                &mut self.delta
+            } else {
+                &mut self.delta_part
+            };
+            target.fill(0.0);
+            accumulate(
+                target,
+                &self.dt_b_c,
+                l.dt_proj,
+                width,
+                c,
+                inputs,
+                own.clone(),
+            );
+            if block > 0 {
+                let part = &self.delta_part;
+                self.delta.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+            }
+        }
+
+        for row in 0..self.shape.rows {
+            let bc = &self.dt_b_c[row * width + r..(row + 1) * width];
+            let scan = ScanBuffers {
+                channels: own.len(),
+                state: n,
+                len: 1,
+                x: &self.x[row * c + own.start..row * c + own.end],
+                delta: &self.delta[row * own.len()..(row + 1) * own.len()],
+                z: Some(&self.z[row * own.len()..(row + 1) * own.len()]),
+                b: &bc[..n],
+                c: &bc[n..],
+                a: &l.a[own.start * n..own.end * n],
+                d: &l.d[own.clone()],
+                bias: &l.dt_bias[own.clone()],
+            };
+            let y = &mut self.y[row * c + own.start..row * c + own.end];
+            let s = &mut self.ssm[layer][row];
+            for d0 in (0..own.len()).step_by(LANES) {
+                scan.block(0, d0, &mut y[d0..], &mut s[d0 * n..]);
+            }
+        }
+
+        let hidden = self.shape.hidden;
+        let mut partial = zeroed(&self.exchange.out_proj[self.w]);
+        accumulate(&mut partial, &self.y, l.out_proj, c, hidden, own, 0..hidden);
+    }
+
+    /// Phase 4: the residual stream plus the mixer output.
+    fn residual(&mut self, layer: usize) {
+        let bias = self.weights.layers[layer].out_proj_bias;
+        let hidden = self.shape.hidden;
+        let out_proj: Vec<_> = self.exchange.out_proj.iter().map(read).collect();
+        for (i, h) in self.h.iter_mut().enumerate() {
+            let mixed = sum_at(&out_proj, i) + bias.map_or(0.0, |b| b[i % hidden]);
+            *h += mixed;
+        }
+    }
+
+    /// norm_f and this worker's block of lm_head.
+    fn logits(&mut self) {
+        let layers = self.weights.layers.len();
+        self.normalise(self.weights.norm_f, self.shape.norm_eps[layers]);
+        let (hidden, vocab) = (self.shape.hidden, self.shape.vocab);
+        let mut partial = zeroed(&self.exchange.logits[self.w]);
+        let inputs = self.hidden.clone();
+        accumulate(
+            &mut partial,
+            &self.normed,
+            self.weights.lm_head,
+            hidden,
+            vocab,
+            inputs,
+            0..vocab,
+        );
+    }
+
+    /// A layer's weights, borrowed from the step rather than from the worker.
+    fn weights_of(&self, layer: usize) -> &'a LayerWeights<&'a [f32]> {
+        &self.weights.layers[layer]
+    }
+
+    fn normalise(&mut self, weight: &[f32], eps: f64) {
+        self.normed.copy_from_slice(&self.h);
+        for row in self.normed.chunks_exact_mut(self.shape.hidden) {
+            rms_norm_row(row, Some(weight), eps);
+        }
+    }
+}
+
+/// One channel's causal conv for one new input `x`, with bias and SiLU, shifting `x` into its
+/// `history` (the `kernel - 1` previous inputs, oldest first). Same order of operations as
+/// [`crate::scan::cpu::causal_conv1d`].
+fn conv_step(x: f32, taps: &[f32], bias: f32, history: &mut [f32]) -> f32 {
+    let mut out = bias;
+    for (w, v) in taps.iter().zip(history.iter().chain([&x])) {
+        out += w * v;
+    }
+    if let Some(last) = history.len().checked_sub(1) {
+        history.copy_within(1.., 0);
+        history[last] = x;
+    }
+    silu(out)
+}
+
+/// A barrier for a fixed set of threads that each own a core: they wait by spinning (a
+/// sleeping wait costs tens of microseconds to wake, and a step meets ~150 times), yielding
+/// after a while in case the cores are oversubscribed.
+struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    poisoned: AtomicBool,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> Self {
+        SpinBarrier {
+            threads,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            if self.poisoned.load(Ordering::Relaxed) {
+                panic!("another decode worker panicked");
+            }
+            if spins < 1 << 12 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Poisons the barrier if its worker unwinds, so the others stop waiting for it.
+struct PoisonOnPanic<'a>(&'a SpinBarrier);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
