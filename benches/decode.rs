@@ -1,5 +1,7 @@
 //! End-to-end decode on a random-weight 130m-shaped Falcon Mamba (H 768, 24 layers, vocab 65024,
-//! f32, batch 1): the time of one `step` (one token), after a 16-token prompt. On burn-ndarray;
+//! f32, batch 1): the time of one `step` (one token), after a 16-token prompt, against `forward`
+//! on a one-token chunk (the same step as the model's ops one by one; on burn-ndarray `step` runs
+//! the backend's fused decode pass, elsewhere the same ops). On burn-ndarray;
 //! with `--all-features` and `FALCON_MAMBA_BACKEND=wgpu` (or `cuda`) on that backend instead,
 //! timed to the device's completion.
 //!
@@ -31,6 +33,14 @@ fn decode_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
     group.bench_function("step", |bench| {
         bench.iter(|| {
             let logits = model.step(token.clone(), &mut state).expect("step");
+            B::sync(&device).expect("device runs the step");
+            logits
+        })
+    });
+    group.bench_function("forward_one_token", |bench| {
+        bench.iter(|| {
+            let chunk = token.clone().unsqueeze_dim(1); // [1, 1]
+            let logits = model.forward(chunk, &mut state).expect("forward");
             B::sync(&device).expect("device runs the step");
             logits
         })

@@ -1,12 +1,15 @@
 //! Falcon Mamba's promises, measured: a random-weight model of a real shape (no checkpoint) on any
 //! backend, and
-//! - decode: per-token latency (median over `--decode-tokens` steps of `generate`, timed in
-//!   rounds that visit every position in turn) and the process's resident memory at growing
-//!   positions (the context is fed by chunked prefill);
+//! - decode: per-token latency (median over `--decode-tokens` steps of `generate`) and the
+//!   process's resident memory at growing positions (the context is fed by chunked prefill), both
+//!   taken in rounds that visit every position in turn; at the first position also `step` against
+//!   `forward` on one-token chunks (the backend's fused step, where it has one, against the ops);
 //! - prefill: tokens/s and peak resident memory per prompt length in parallel, chunked and
-//!   sequential mode, and the longest prompt each mode handled under `--max-mem`;
+//!   sequential mode, the longest prompt each mode handled under `--max-mem`, and parallel against
+//!   sequential at 2048 tokens measured interleaved;
 //! - the decode bandwidth bound: the weight bytes one token reads ÷ the read bandwidth measured
-//!   in the same run, and the fraction of it the decode reaches.
+//!   in the same run (10 samples, then one per decode round), and the fraction of it the decode
+//!   reaches.
 //!
 //! ```text
 //! cargo run --release --example bench -- [--shape 130m|370m|1.4b|7b] [--backend cpu|wgpu|cuda]
@@ -37,7 +40,7 @@ use falcon_mamba::model::burn::tensor::Distribution;
 use falcon_mamba::{
     FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, SelectiveScanBackend, State,
 };
-use report::{DecodeRow, PrefillRow, Report};
+use report::{DecodeRow, PrefillRow, Report, Speedup, StepPaths};
 
 /// Benchmark decode and prefill of a random-weight Falcon Mamba.
 #[derive(Parser, Debug)]
@@ -196,19 +199,24 @@ impl OnBackend for Bench {
         };
 
         let wants = |what: &str| cli.run.iter().any(|r| r == what);
+        // The bound is the median of 10 bandwidth samples here and, with decode, one more per
+        // decode round: the machine's bandwidth drifts, and the fraction compares like with like.
+        let mut bandwidth = Vec::new();
         if wants("bandwidth") {
             eprintln!("measuring read bandwidth ...");
-            report.bandwidth = Some(if cli.backend == "cpu" {
-                memory::host_read_bandwidth()
-            } else {
-                device_read_bandwidth::<B>(&device)?
-            });
+            let probe = Probe::<B>::new(&cli, &device);
+            probe.sample()?;
+            for _ in 0..10 {
+                bandwidth.push(probe.sample()?);
+            }
         }
         if wants("decode") {
-            report.decode = decode(&model, &cli, &mut ids)?;
+            let samples = wants("bandwidth").then_some(&mut bandwidth);
+            (report.decode, report.step_paths) = decode(&model, &cli, &mut ids, samples)?;
         }
+        report.bandwidth = (!bandwidth.is_empty()).then(|| memory::median(bandwidth));
         if wants("prefill") {
-            report.prefill = prefill(&model, &cli, &mut ids, max_mem)?;
+            (report.prefill, report.speedup) = prefill(&model, &cli, &mut ids, max_mem)?;
         }
 
         print!("{}", report.markdown(max_mem));
@@ -233,40 +241,59 @@ fn line(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// Device read bandwidth in bytes/s: the median of 10 sums of a 64 MiB tensor (lavapipe binds at
-/// most 128 MiB per buffer), timed to the device's completion. A GPU whose cache holds part of it
-/// reads it faster than memory: the bound comes out higher, the fraction lower.
-fn device_read_bandwidth<B: Backend>(device: &B::Device) -> Result<f64, String> {
-    let len = 1 << 24;
-    let x = Tensor::<B, 1>::random([len], Distribution::Default, device);
-    let sync = || B::sync(device).map_err(|e| format!("{e:?}"));
-    let _ = x.clone().sum();
-    sync()?;
-    let mut times = Vec::new();
-    for _ in 0..10 {
-        let start = Instant::now();
-        let _ = x.clone().sum();
-        sync()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    Ok((len * 4) as f64 / memory::median(times))
+/// Read-bandwidth samples in bytes/s: on the CPU a streaming sum of 1 GiB on every core, on a
+/// GPU a sum of a 64 MiB tensor (lavapipe binds at most 128 MiB per buffer) timed to the device's
+/// completion (a GPU whose cache holds part of it reads it faster than memory: the bound comes
+/// out higher, the fraction lower).
+enum Probe<B: Backend> {
+    Host,
+    Device(Tensor<B, 1>, B::Device),
 }
 
-/// Decode steps run before the resident memory is read at each position.
+impl<B: Backend> Probe<B> {
+    fn new(cli: &Cli, device: &B::Device) -> Self {
+        if cli.backend == "cpu" {
+            Probe::Host
+        } else {
+            let x = Tensor::<B, 1>::random([1 << 24], Distribution::Default, device);
+            Probe::Device(x, device.clone())
+        }
+    }
+
+    fn sample(&self) -> Result<f64, String> {
+        match self {
+            Probe::Host => Ok(memory::host_read_bandwidth()),
+            Probe::Device(x, device) => {
+                let sync = || B::sync(device).map_err(|e| format!("{e:?}"));
+                sync()?;
+                let start = Instant::now();
+                let _ = x.clone().sum();
+                sync()?;
+                Ok((x.dims()[0] * 4) as f64 / start.elapsed().as_secs_f64())
+            }
+        }
+    }
+}
+
+/// Decode steps run after reaching each position, before its state is saved.
 const WARM_UP_STEPS: usize = 4;
 /// Timed decode steps per position per round.
 const STEPS_PER_ROUND: usize = 4;
 
 /// Decode latency and resident memory at each position, in two phases. Reach: chunked prefill
-/// to each position in turn (one state alive), a few decode steps, the resident memory read, the
-/// state saved to a file. Time: all saved states loaded, then `decode_tokens` steps per position
-/// of the library's generation loop (step + sampling) in interleaved rounds, so that the
-/// machine's slow moments fall on every position alike rather than on whichever ran then.
+/// to each position in turn (one state alive), a few decode steps, the state saved to a file.
+/// Measure: all saved states loaded, then `decode_tokens` steps per position of the library's
+/// generation loop (step + sampling) in interleaved rounds, the process's resident memory read
+/// after each position's steps (every state alive in every reading), so that the machine's slow
+/// moments and the allocator's drift fall on every position alike rather than on whichever ran
+/// then. In the same rounds, at the first position, [`step_paths`], and with `bandwidth` a
+/// read-bandwidth sample per round.
 fn decode<B: SelectiveScanBackend>(
     model: &FalconMamba<B>,
     cli: &Cli,
     ids: &mut Ids,
-) -> Result<Vec<DecodeRow>, String> {
+    mut bandwidth: Option<&mut Vec<f64>>,
+) -> Result<(Vec<DecodeRow>, Option<StepPaths>), String> {
     let device = model.device();
     let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
     let config = |prefill, steps| {
@@ -305,15 +332,13 @@ fn decode<B: SelectiveScanBackend>(
         }
         position = target.max(position + 1) + WARM_UP_STEPS;
         state = generation.into_state();
-        let resident = memory::resident();
         state
             .save(file(target), model.config(), &Default::default())
             .map_err(line)?;
-        eprintln!("decode: at {target}, resident {}", report::mib(resident));
         rows.push(DecodeRow {
             position: target,
             latency: f64::NAN,
-            resident,
+            resident: None,
             state_bytes: state.size_in_bytes(),
             reach_seconds: reach,
         });
@@ -327,10 +352,13 @@ fn decode<B: SelectiveScanBackend>(
         states.push(Some(state));
     }
     let mut times = vec![Vec::new(); rows.len()];
+    let mut residents = vec![Vec::new(); rows.len()];
+    let (mut fused, mut ops) = (Vec::new(), Vec::new());
+    let probe = bandwidth.is_some().then(|| Probe::<B>::new(cli, &device));
     let rounds = cli.decode_tokens.div_ceil(STEPS_PER_ROUND);
     eprintln!("decode: timing {rounds} rounds of {STEPS_PER_ROUND} steps at each position ...");
     for _ in 0..rounds {
-        for (slot, times) in states.iter_mut().zip(&mut times) {
+        for (i, (slot, times)) in states.iter_mut().zip(&mut times).enumerate() {
             let state = slot.take().ok_or("state taken twice")?;
             let token = ids.take(1);
             let mut generation = model
@@ -348,19 +376,59 @@ fn decode<B: SelectiveScanBackend>(
                 times.push(start.elapsed().as_secs_f64());
             }
             *slot = Some(generation.into_state());
+            residents[i].extend(memory::resident());
+        }
+        if let Some(Some(state)) = states.first() {
+            step_paths(model, state, ids, &mut fused, &mut ops)?;
+        }
+        if let (Some(probe), Some(samples)) = (&probe, bandwidth.as_deref_mut()) {
+            samples.push(probe.sample()?);
         }
     }
-    for (row, times) in rows.iter_mut().zip(times) {
+    for ((row, times), residents) in rows.iter_mut().zip(times).zip(residents) {
         row.latency = memory::median(times);
+        row.resident = (!residents.is_empty())
+            .then(|| memory::median(residents.into_iter().map(|r| r as f64)) as u64);
         eprintln!(
-            "decode at {}: {:.2} ms/token",
+            "decode at {}: {:.2} ms/token, resident {}",
             row.position,
-            row.latency * 1e3
+            row.latency * 1e3,
+            report::mib(row.resident)
         );
         let _ = std::fs::remove_file(file(row.position));
     }
     let _ = std::fs::remove_dir(&dir);
-    Ok(rows)
+    let paths = (!fused.is_empty()).then(|| StepPaths {
+        position: rows[0].position,
+        step: memory::median(fused),
+        forward: memory::median(ops),
+    });
+    Ok((rows, paths))
+}
+
+/// [`STEPS_PER_ROUND`] decode steps from two forks of `state`, alternating: `step` (the backend's
+/// fused step, where it has one) and `forward` on a one-token chunk (the model's ops one by one),
+/// each timed with its logits read to the host.
+fn step_paths<B: SelectiveScanBackend>(
+    model: &FalconMamba<B>,
+    state: &State<B>,
+    ids: &mut Ids,
+    fused: &mut Vec<f64>,
+    ops: &mut Vec<f64>,
+) -> Result<(), String> {
+    let (mut by_step, mut by_forward) = (state.clone(), state.clone());
+    for _ in 0..STEPS_PER_ROUND {
+        let token = model.input_ids(&[ids.take(1)]).map_err(line)?; // [1, 1]
+        let start = Instant::now();
+        let logits = model.step(token.clone().squeeze_dim(1), &mut by_step);
+        logits.map_err(line)?.into_data();
+        fused.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let logits = model.forward(token, &mut by_forward);
+        logits.map_err(line)?.into_data();
+        ops.push(start.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 /// Prefill in each mode. Chunked and sequential feed one prompt of the longest length and read
@@ -372,7 +440,7 @@ fn prefill<B: SelectiveScanBackend>(
     cli: &Cli,
     ids: &mut Ids,
     max_mem: u64,
-) -> Result<Vec<PrefillRow>, String> {
+) -> Result<(Vec<PrefillRow>, Option<Speedup>), String> {
     let device = model.device();
     let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
     let longest = *cli.prompts.last().unwrap_or(&1);
@@ -437,7 +505,60 @@ fn prefill<B: SelectiveScanBackend>(
             break;
         }
     }
-    Ok(rows)
+
+    let measured = |mode| rows.iter().any(|r| r.mode == mode && r.len == SPEEDUP_LEN);
+    let speedup = if measured(Prefill::Parallel) && measured(Prefill::Sequential) {
+        Some(speedup(model, &prompt[..SPEEDUP_LEN])?)
+    } else {
+        None
+    };
+    Ok((rows, speedup))
+}
+
+/// The prompt length of the parallel vs sequential comparison.
+const SPEEDUP_LEN: usize = 2048;
+/// Parallel prefills in the comparison, and pieces the sequential prefill is cut into.
+const SPEEDUP_ROUNDS: usize = 4;
+
+/// Parallel against sequential prefill of `prompt`, interleaved so that both see the same
+/// machine: [`SPEEDUP_ROUNDS`] parallel prefills from a fresh state (the median counts), and
+/// between them one sequential prefill of the same prompt fed in as many pieces (their sum
+/// counts: the same tokens, positions and work as in one go).
+fn speedup<B: SelectiveScanBackend>(
+    model: &FalconMamba<B>,
+    prompt: &[u32],
+) -> Result<Speedup, String> {
+    let device = model.device();
+    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
+    eprintln!(
+        "prefill: parallel vs sequential at {} tokens, {SPEEDUP_ROUNDS} rounds ...",
+        prompt.len()
+    );
+    let mut sequential_state = model.new_state(1);
+    let (mut parallel, mut sequential) = (Vec::new(), 0.0);
+    for piece in prompt.chunks(prompt.len().div_ceil(SPEEDUP_ROUNDS)) {
+        let mut state = model.new_state(1);
+        let ids = model.input_ids(&[prompt]).map_err(line)?;
+        let start = Instant::now();
+        let _ = model
+            .prefill(ids, &mut state, Prefill::Parallel)
+            .map_err(line)?;
+        sync()?;
+        parallel.push(start.elapsed().as_secs_f64());
+
+        let ids = model.input_ids(&[piece]).map_err(line)?;
+        let start = Instant::now();
+        let _ = model
+            .prefill(ids, &mut sequential_state, Prefill::Sequential)
+            .map_err(line)?;
+        sync()?;
+        sequential += start.elapsed().as_secs_f64();
+    }
+    Ok(Speedup {
+        len: prompt.len(),
+        parallel: prompt.len() as f64 / memory::median(parallel),
+        sequential: prompt.len() as f64 / sequential,
+    })
 }
 
 fn main() -> ExitCode {

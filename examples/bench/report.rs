@@ -14,7 +14,8 @@ pub struct DecodeRow {
     pub position: usize,
     /// Median seconds per token.
     pub latency: f64,
-    /// Process resident bytes at this position (the only state alive).
+    /// Process resident bytes after decoding at this position (median over the rounds; the
+    /// states of every position alive).
     pub resident: Option<u64>,
     /// The recurrent state's bytes.
     pub state_bytes: usize,
@@ -72,10 +73,28 @@ pub struct Report {
     /// Bytes one decode step reads from the weights: all of them but the embedding table, of
     /// which it reads one row.
     weight_bytes: usize,
-    /// Read bandwidth in bytes/s.
+    /// Read bandwidth in bytes/s, the median of the run's samples.
     pub bandwidth: Option<f64>,
     pub decode: Vec<DecodeRow>,
+    pub step_paths: Option<StepPaths>,
     pub prefill: Vec<PrefillRow>,
+    pub speedup: Option<Speedup>,
+}
+
+/// Parallel against sequential prefill of one prompt, measured interleaved, in tokens/s.
+pub struct Speedup {
+    pub len: usize,
+    pub parallel: f64,
+    pub sequential: f64,
+}
+
+/// One decode step two ways at the same position, median seconds, logits read to the host.
+pub struct StepPaths {
+    pub position: usize,
+    /// `FalconMamba::step`: the backend's fused step where it has one.
+    pub step: f64,
+    /// `FalconMamba::forward` on a one-token chunk: the model's ops one by one.
+    pub forward: f64,
 }
 
 /// Bytes as MiB with one decimal, or `n/a`.
@@ -108,7 +127,9 @@ impl Report {
             weight_bytes: read * 4,
             bandwidth: None,
             decode: Vec::new(),
+            step_paths: None,
             prefill: Vec::new(),
+            speedup: None,
         }
     }
 
@@ -140,6 +161,17 @@ impl Report {
                 );
             }
             let _ = writeln!(md);
+        }
+        if let Some(paths) = &self.step_paths {
+            let _ = writeln!(
+                md,
+                "One step at position {}, logits to the host: `step` {:.2} ms, `forward` on a \
+                 one-token chunk (the ops one by one) {:.2} ms: `step` is **{:.2}x** as fast.\n",
+                paths.position,
+                paths.step * 1e3,
+                paths.forward * 1e3,
+                paths.forward / paths.step
+            );
         }
         self.decode_markdown(&mut md);
         self.prefill_markdown(&mut md, max_mem);
@@ -243,8 +275,19 @@ impl Report {
         {
             let _ = writeln!(
                 md,
-                "- parallel ÷ sequential at 2048 tokens: {:.1}x faster",
+                "- parallel ÷ sequential at 2048 tokens (the table's runs): {:.1}x faster",
                 parallel / sequential
+            );
+        }
+        if let Some(s) = &self.speedup {
+            let _ = writeln!(
+                md,
+                "- parallel ÷ sequential at {} tokens, interleaved (parallel {:.1} tok/s, \
+                 sequential {:.1} tok/s): **{:.1}x** faster",
+                s.len,
+                s.parallel,
+                s.sequential,
+                s.parallel / s.sequential
             );
         }
         let _ = writeln!(md);

@@ -290,7 +290,13 @@ impl ScanBuffers<'_> {
         // Lanes past the last channel compute on zeros and are dropped by the caller.
         let lanes = |src: &[f32], at: usize| -> [f32; LANES] {
             let mut v = [0.0; LANES];
-            v[..width].copy_from_slice(&src[at..at + width]);
+            // A copy of constant length compiles to two vector moves, one of `width` to a
+            // library call per time step and input.
+            if width == LANES {
+                v.copy_from_slice(&src[at..at + LANES]);
+            } else {
+                v[..width].copy_from_slice(&src[at..at + width]);
+            }
             v
         };
         let d = lanes(self.d, d0);
