@@ -8,8 +8,7 @@
 //!   sequential mode, the longest prompt each mode handled under `--max-mem`, and parallel against
 //!   sequential at 2048 tokens measured interleaved;
 //! - the decode bandwidth bound: the weight bytes one token reads ÷ the read bandwidth measured
-//!   in the same run (10 samples, then one per decode round), and the fraction of it the decode
-//!   reaches.
+//!   in the same run, and the fraction of it the decode reaches.
 //!
 //! ```text
 //! cargo run --release --example bench -- [--shape 130m|370m|1.4b|7b] [--backend cpu|wgpu|cuda]
@@ -199,22 +198,17 @@ impl OnBackend for Bench {
         };
 
         let wants = |what: &str| cli.run.iter().any(|r| r == what);
-        // The bound is the median of 10 bandwidth samples here and, with decode, one more per
-        // decode round: the machine's bandwidth drifts, and the fraction compares like with like.
-        let mut bandwidth = Vec::new();
         if wants("bandwidth") {
             eprintln!("measuring read bandwidth ...");
-            let probe = Probe::<B>::new(&cli, &device);
-            probe.sample()?;
-            for _ in 0..10 {
-                bandwidth.push(probe.sample()?);
-            }
+            report.bandwidth = Some(if cli.backend == "cpu" {
+                memory::host_read_bandwidth()
+            } else {
+                device_read_bandwidth::<B>(&device)?
+            });
         }
         if wants("decode") {
-            let samples = wants("bandwidth").then_some(&mut bandwidth);
-            (report.decode, report.step_paths) = decode(&model, &cli, &mut ids, samples)?;
+            (report.decode, report.step_paths) = decode(&model, &cli, &mut ids)?;
         }
-        report.bandwidth = (!bandwidth.is_empty()).then(|| memory::median(bandwidth));
         if wants("prefill") {
             (report.prefill, report.speedup) = prefill(&model, &cli, &mut ids, max_mem)?;
         }
@@ -241,38 +235,23 @@ fn line(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// Read-bandwidth samples in bytes/s: on the CPU a streaming sum of 1 GiB on every core, on a
-/// GPU a sum of a 64 MiB tensor (lavapipe binds at most 128 MiB per buffer) timed to the device's
-/// completion (a GPU whose cache holds part of it reads it faster than memory: the bound comes
-/// out higher, the fraction lower).
-enum Probe<B: Backend> {
-    Host,
-    Device(Tensor<B, 1>, B::Device),
-}
-
-impl<B: Backend> Probe<B> {
-    fn new(cli: &Cli, device: &B::Device) -> Self {
-        if cli.backend == "cpu" {
-            Probe::Host
-        } else {
-            let x = Tensor::<B, 1>::random([1 << 24], Distribution::Default, device);
-            Probe::Device(x, device.clone())
-        }
+/// Device read bandwidth in bytes/s: the median of 10 sums of a 64 MiB tensor (lavapipe binds at
+/// most 128 MiB per buffer), timed to the device's completion. A GPU whose cache holds part of it
+/// reads it faster than memory: the bound comes out higher, the fraction lower.
+fn device_read_bandwidth<B: Backend>(device: &B::Device) -> Result<f64, String> {
+    let len = 1 << 24;
+    let x = Tensor::<B, 1>::random([len], Distribution::Default, device);
+    let sync = || B::sync(device).map_err(|e| format!("{e:?}"));
+    let _ = x.clone().sum();
+    sync()?;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let _ = x.clone().sum();
+        sync()?;
+        times.push(start.elapsed().as_secs_f64());
     }
-
-    fn sample(&self) -> Result<f64, String> {
-        match self {
-            Probe::Host => Ok(memory::host_read_bandwidth()),
-            Probe::Device(x, device) => {
-                let sync = || B::sync(device).map_err(|e| format!("{e:?}"));
-                sync()?;
-                let start = Instant::now();
-                let _ = x.clone().sum();
-                sync()?;
-                Ok((x.dims()[0] * 4) as f64 / start.elapsed().as_secs_f64())
-            }
-        }
-    }
+    Ok((len * 4) as f64 / memory::median(times))
 }
 
 /// Decode steps run after reaching each position, before its state is saved.
@@ -286,13 +265,11 @@ const STEPS_PER_ROUND: usize = 4;
 /// generation loop (step + sampling) in interleaved rounds, the process's resident memory read
 /// after each position's steps (every state alive in every reading), so that the machine's slow
 /// moments and the allocator's drift fall on every position alike rather than on whichever ran
-/// then. In the same rounds, at the first position, [`step_paths`], and with `bandwidth` a
-/// read-bandwidth sample per round.
+/// then. In the same rounds, at the first position, [`step_paths`].
 fn decode<B: SelectiveScanBackend>(
     model: &FalconMamba<B>,
     cli: &Cli,
     ids: &mut Ids,
-    mut bandwidth: Option<&mut Vec<f64>>,
 ) -> Result<(Vec<DecodeRow>, Option<StepPaths>), String> {
     let device = model.device();
     let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
@@ -354,7 +331,6 @@ fn decode<B: SelectiveScanBackend>(
     let mut times = vec![Vec::new(); rows.len()];
     let mut residents = vec![Vec::new(); rows.len()];
     let (mut fused, mut ops) = (Vec::new(), Vec::new());
-    let probe = bandwidth.is_some().then(|| Probe::<B>::new(cli, &device));
     let rounds = cli.decode_tokens.div_ceil(STEPS_PER_ROUND);
     eprintln!("decode: timing {rounds} rounds of {STEPS_PER_ROUND} steps at each position ...");
     for _ in 0..rounds {
@@ -380,9 +356,6 @@ fn decode<B: SelectiveScanBackend>(
         }
         if let Some(Some(state)) = states.first() {
             step_paths(model, state, ids, &mut fused, &mut ops)?;
-        }
-        if let (Some(probe), Some(samples)) = (&probe, bandwidth.as_deref_mut()) {
-            samples.push(probe.sample()?);
         }
     }
     for ((row, times), residents) in rows.iter_mut().zip(times).zip(residents) {

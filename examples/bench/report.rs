@@ -73,7 +73,7 @@ pub struct Report {
     /// Bytes one decode step reads from the weights: all of them but the embedding table, of
     /// which it reads one row.
     weight_bytes: usize,
-    /// Read bandwidth in bytes/s, the median of the run's samples.
+    /// Read bandwidth in bytes/s.
     pub bandwidth: Option<f64>,
     pub decode: Vec<DecodeRow>,
     pub step_paths: Option<StepPaths>,
