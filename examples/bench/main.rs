@@ -502,7 +502,14 @@ fn speedup<B: SelectiveScanBackend>(
     prompt: &[u32],
 ) -> Result<Speedup, String> {
     let device = model.device();
-    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
+    // Seconds to prefill `tokens` into `state` in `mode`, to the device's completion.
+    let timed = |tokens: &[u32], state: &mut State<B>, mode| -> Result<f64, String> {
+        let ids = model.input_ids(&[tokens]).map_err(line)?;
+        let start = Instant::now();
+        let _ = model.prefill(ids, state, mode).map_err(line)?;
+        B::sync(&device).map_err(|e| format!("{e:?}"))?;
+        Ok(start.elapsed().as_secs_f64())
+    };
     eprintln!(
         "prefill: parallel vs sequential at {} tokens, {SPEEDUP_ROUNDS} rounds ...",
         prompt.len()
@@ -510,22 +517,8 @@ fn speedup<B: SelectiveScanBackend>(
     let mut sequential_state = model.new_state(1);
     let (mut parallel, mut sequential) = (Vec::new(), 0.0);
     for piece in prompt.chunks(prompt.len().div_ceil(SPEEDUP_ROUNDS)) {
-        let mut state = model.new_state(1);
-        let ids = model.input_ids(&[prompt]).map_err(line)?;
-        let start = Instant::now();
-        let _ = model
-            .prefill(ids, &mut state, Prefill::Parallel)
-            .map_err(line)?;
-        sync()?;
-        parallel.push(start.elapsed().as_secs_f64());
-
-        let ids = model.input_ids(&[piece]).map_err(line)?;
-        let start = Instant::now();
-        let _ = model
-            .prefill(ids, &mut sequential_state, Prefill::Sequential)
-            .map_err(line)?;
-        sync()?;
-        sequential += start.elapsed().as_secs_f64();
+        parallel.push(timed(prompt, &mut model.new_state(1), Prefill::Parallel)?);
+        sequential += timed(piece, &mut sequential_state, Prefill::Sequential)?;
     }
     Ok(Speedup {
         len: prompt.len(),
