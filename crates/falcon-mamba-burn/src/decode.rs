@@ -699,7 +699,7 @@ fn conv_step(x: f32, taps: &[f32], bias: f32, history: &mut [f32]) -> f32 {
         history.copy_within(1.., 0);
         history[last] = x;
     }
-    silu(out)
+    silu::<false>(out)
 }
 
 /// A barrier for a fixed set of threads that each own a core: they wait by spinning (a

@@ -1,12 +1,17 @@
-//! Projections of a few rows (decode: one token per sequence) on the CPU. burn-ndarray 0.21's
-//! matmul copies the whole weight matrix on every call; this reads the weights where they are,
-//! once and front to back, which is all a memory-bound matrix-vector product should cost.
+//! Projections on the CPU. burn-ndarray 0.21's matmul copies the whole weight matrix on every
+//! call, and its input too when that is a strided view (the mixer's channel-major conv and scan
+//! outputs). A few rows (decode: one token per sequence) read the weights where they are, once
+//! and front to back, which is all a memory-bound matrix-vector product should cost; more rows
+//! go to the same blocked matmul burn uses (matrixmultiply), handed the strided views as they
+//! are: it packs its operands into blocks anyway.
 
 use std::ops::Range;
 
 use burn::backend::ndarray::NdArrayTensor;
 use burn::prelude::*;
 use burn::tensor::module::linear as burn_linear;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array3, Axis, Ix2, Ix3};
 use rayon::prelude::*;
 
 use crate::scan::cpu::{host, madd};
@@ -27,7 +32,7 @@ where
     let d_out = weight.dims()[1];
     let rows = batch * len;
     if rows > MAX_ROWS {
-        return burn_linear(input, weight, bias);
+        return matmul(input, weight, bias);
     }
     let NdArrayTensor::F32(storage) = weight.clone().into_primitive().tensor() else {
         return burn_linear(input, weight, bias);
@@ -63,6 +68,38 @@ where
         }
     }
     Tensor::from_data(TensorData::new(y, [batch, len, d_out]), &device)
+}
+
+/// [`linear`] for many rows: matrixmultiply's sgemm (multi-threaded) on the tensors' views,
+/// whatever their strides, into a fresh row-major output.
+fn matmul<B>(input: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3>
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    let (NdArrayTensor::F32(x), NdArrayTensor::F32(w)) = (
+        input.clone().into_primitive().tensor(),
+        weight.clone().into_primitive().tensor(),
+    ) else {
+        return burn_linear(input, weight, bias);
+    };
+    let (Ok(x), Ok(w)) = (
+        x.view().into_dimensionality::<Ix3>(), // [batch, len, d_in]
+        w.view().into_dimensionality::<Ix2>(), // [d_in, d_out]
+    ) else {
+        unreachable!("tensors of rank 3 and 2 have views of rank 3 and 2")
+    };
+    let (batch, len, d_out) = (x.dim().0, x.dim().1, w.dim().1);
+    let mut y = Array3::<f32>::zeros((batch, len, d_out)); // [batch, len, d_out]
+    for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
+        general_mat_mul(1.0, &x, &w, 0.0, &mut y);
+    }
+    let mut y = y.into_raw_vec_and_offset().0;
+    if let Some(bias) = bias.map(host) {
+        for row in y.chunks_exact_mut(d_out) {
+            row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
+        }
+    }
+    Tensor::from_data(TensorData::new(y, [batch, len, d_out]), &input.device())
 }
 
 /// Adds `x[:, inputs] @ w[inputs, outputs]` to `acc` (`[rows, outputs.len()]`), for `x`

@@ -1,7 +1,7 @@
 //! The selective scan as a CPU kernel (used for burn-ndarray).
 //!
-//! Inputs are copied once into time-major host buffers (`[batch, len, channels]`, which is how
-//! the mixer's projections lay them out anyway), then each rayon task scans one block of
+//! Inputs are read time-major (`[batch, len, channels]`) where they are: that is how the mixer's
+//! projections lay them out anyway. Each rayon task scans one block of
 //! `LANES` adjacent channels of one batch row: the lanes are SIMD lanes, the `state` values of
 //! every lane stay in registers (or L1) for the whole sequence, B_t and C_t are scalars
 //! broadcast to all lanes, and nothing is allocated per time step. `exp` is a polynomial the
@@ -10,7 +10,6 @@
 
 use burn::backend::ndarray::NdArrayTensor;
 use burn::prelude::*;
-use ndarray::{Axis, Ix3};
 use rayon::prelude::*;
 
 use super::ScanInput;
@@ -31,8 +30,8 @@ where
     let z = input.z.map(time_major); // [batch, len, channels]
     let b = time_major(input.b); // [batch, len, state]
     let c = time_major(input.c); // [batch, len, state]
-    let a = host(input.a); // [channels, state]
-    let d = host(input.d); // [channels]
+    let a = HostSlice::new(input.a); // [channels, state]
+    let d = HostSlice::new(input.d); // [channels]
     let bias = input.delta_bias.map_or_else(|| vec![0.0; channels], host); // [channels]
 
     let shared = ScanBuffers {
@@ -134,7 +133,7 @@ where
                         *o += w * v;
                     }
                 }
-                out.iter_mut().for_each(|o| *o = silu(*o));
+                out.iter_mut().for_each(|o| *o = silu::<false>(*o));
             }
         });
 
@@ -203,33 +202,54 @@ where
     t.into_data().iter::<f32>().collect()
 }
 
-/// A `[batch, channels, len]` tensor as a contiguous `[batch, len, channels]` buffer.
-///
-/// The mixer's tensors are `[batch, len, channels]` in memory, viewed channel-major: copied row
-/// by row through a typed rank-3 view this is a memcpy per time step (burn's `into_data` would
-/// walk a strided view element by element through dynamic-rank indices, ~20x slower).
-fn time_major<B>(t: Tensor<B, 3>) -> Vec<f32>
+/// A `[batch, channels, len]` tensor's values time-major (`[batch, len, channels]`). The mixer's
+/// tensors are channel-major views of time-major buffers, so this is normally their storage
+/// itself, borrowed.
+fn time_major<B>(t: Tensor<B, 3>) -> HostSlice
 where
     B: Backend<FloatTensorPrimitive = NdArrayTensor>,
 {
-    let t = t.swap_dims(1, 2);
-    let NdArrayTensor::F32(storage) = t.clone().into_primitive().tensor() else {
-        return t.into_data().iter::<f32>().collect();
-    };
-    let view = storage.view();
-    let Ok(view) = view.into_dimensionality::<Ix3>() else {
-        unreachable!("a rank-3 tensor has a rank-3 view")
-    };
-    let mut out = Vec::with_capacity(view.len());
-    for row in view.axis_iter(Axis(0)) {
-        for line in row.axis_iter(Axis(0)) {
-            match line.as_slice() {
-                Some(slice) => out.extend_from_slice(slice),
-                None => out.extend(line.iter().copied()),
+    HostSlice::new(t.swap_dims(1, 2))
+}
+
+/// A tensor's values in row-major order, read where they are when its storage is laid out so
+/// (no copy), copied otherwise.
+pub(crate) enum HostSlice {
+    /// An f32 tensor in standard layout.
+    Borrowed(NdArrayTensor),
+    /// Anything else, copied.
+    Copied(Vec<f32>),
+}
+
+impl HostSlice {
+    pub(crate) fn new<B, const D: usize>(t: Tensor<B, D>) -> Self
+    where
+        B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+    {
+        let primitive = t.clone().into_primitive().tensor();
+        match &primitive {
+            NdArrayTensor::F32(storage) if storage.view().to_slice().is_some() => {
+                Self::Borrowed(primitive)
             }
+            NdArrayTensor::F32(storage) => Self::Copied(storage.view().iter().copied().collect()),
+            _ => Self::Copied(t.into_data().iter::<f32>().collect()),
         }
     }
-    out
+}
+
+impl std::ops::Deref for HostSlice {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Self::Borrowed(NdArrayTensor::F32(storage)) => match storage.view().to_slice() {
+                Some(slice) => slice,
+                None => unreachable!("borrowed only in standard layout"),
+            },
+            Self::Borrowed(_) => unreachable!("borrowed only as f32"),
+            Self::Copied(values) => values,
+        }
+    }
 }
 
 /// The host buffers every scan task reads, laid out as [`ScanInput`]'s tensors but time-major.
@@ -260,25 +280,39 @@ impl ScanBuffers<'_> {
     /// from and updating their state `s` (`[lanes, state]`); both are cut short when fewer
     /// channels remain.
     pub(crate) fn block(&self, bi: usize, d0: usize, y: &mut [f32], s: &mut [f32]) {
+        let full = self.channels - d0 >= LANES;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { self.block_avx2_fma(bi, d0, y, s) };
+            return unsafe { self.block_avx2_fma(full, bi, d0, y, s) };
         }
-        self.block_generic::<false>(bi, d0, y, s)
+        match full {
+            true => self.block_generic::<false, true>(bi, d0, y, s),
+            false => self.block_generic::<false, false>(bi, d0, y, s),
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_avx2_fma(&self, bi: usize, d0: usize, y: &mut [f32], s: &mut [f32]) {
-        self.block_generic::<true>(bi, d0, y, s)
+    unsafe fn block_avx2_fma(
+        &self,
+        full: bool,
+        bi: usize,
+        d0: usize,
+        y: &mut [f32],
+        s: &mut [f32],
+    ) {
+        match full {
+            true => self.block_generic::<true, true>(bi, d0, y, s),
+            false => self.block_generic::<true, false>(bi, d0, y, s),
+        }
     }
 
     /// The scan of one block; `FMA` selects fused multiply-adds (only where the CPU has them:
-    /// elsewhere `mul_add` is a slow library call).
+    /// elsewhere `mul_add` is a slow library call), `FULL` a block of `LANES` channels.
     #[inline(always)]
-    fn block_generic<const FMA: bool>(
+    fn block_generic<const FMA: bool, const FULL: bool>(
         &self,
         bi: usize,
         d0: usize,
@@ -286,17 +320,23 @@ impl ScanBuffers<'_> {
         s_out: &mut [f32],
     ) {
         let (channels, n_state, len) = (self.channels, self.state, self.len);
-        let width = LANES.min(channels - d0);
-        // Lanes past the last channel compute on zeros and are dropped by the caller.
+        let width = if FULL {
+            LANES
+        } else {
+            LANES.min(channels - d0)
+        };
+        // Lanes past the last channel compute on zeros and are dropped by the caller. A full
+        // block's lanes are an array read (two vector moves); a copy of variable length is a
+        // library call per time step and input (6% of a parallel prefill).
         let lanes = |src: &[f32], at: usize| -> [f32; LANES] {
-            let mut v = [0.0; LANES];
-            // A copy of constant length compiles to two vector moves, one of `width` to a
-            // library call per time step and input.
-            if width == LANES {
-                v.copy_from_slice(&src[at..at + LANES]);
-            } else {
-                v[..width].copy_from_slice(&src[at..at + width]);
+            if FULL {
+                let Ok(v) = <[f32; LANES]>::try_from(&src[at..at + LANES]) else {
+                    unreachable!("a slice of LANES values")
+                };
+                return v;
             }
+            let mut v = [0.0; LANES];
+            v[..width].copy_from_slice(&src[at..at + width]);
             v
         };
         let d = lanes(self.d, d0);
@@ -327,17 +367,23 @@ impl ScanBuffers<'_> {
             let mut delta = [0.0f32; LANES];
             let mut delta_x = [0.0f32; LANES];
             for l in 0..LANES {
-                delta[l] = softplus(raw[l] + bias[l]);
+                delta[l] = softplus::<FMA>(raw[l] + bias[l]);
                 delta_x[l] = delta[l] * x[l];
             }
             let bc = (bi * len + t) * n_state;
-            let mut y = [0.0f32; LANES];
-            for n in 0..n_state {
-                let (b, c) = (self.b[bc + n], self.c[bc + n]);
-                let (a, s) = (&a[n], &mut s[n]);
+            for (n, (a, s)) in a.iter().zip(s.iter_mut()).enumerate() {
+                let b = self.b[bc + n];
                 for l in 0..LANES {
-                    let decay = exp(delta[l] * a[l]);
+                    let decay = exp::<FMA>(delta[l] * a[l]);
                     s[l] = madd::<FMA>(decay, s[l], delta_x[l] * b);
+                }
+            }
+            // A second pass over the states rather than accumulating in the first: there, y is
+            // spilled to the stack and every state's update waits on the previous one's store.
+            let mut y = [0.0f32; LANES];
+            for (n, s) in s.iter().enumerate() {
+                let c = self.c[bc + n];
+                for l in 0..LANES {
                     y[l] = madd::<FMA>(s[l], c, y[l]);
                 }
             }
@@ -348,7 +394,7 @@ impl ScanBuffers<'_> {
             if let Some(z) = self.z {
                 let z = lanes(z, row);
                 for l in 0..LANES {
-                    out[l] *= silu(z[l]);
+                    out[l] *= silu::<FMA>(z[l]);
                 }
             }
             for (l, out) in out.iter().enumerate().take(width) {
@@ -374,25 +420,26 @@ pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// `x * sigmoid(x)`; `FMA` as in [`madd`].
 #[inline(always)]
-pub(crate) fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+pub(crate) fn silu<const FMA: bool>(x: f32) -> f32 {
+    x / (1.0 + exp::<FMA>(-x))
 }
 
 /// `ln(1 + e^x)` as `max(x, 0) + ln(1 + e^-|x|)`, in vectorisable operations: for u = e^-|x| in
 /// (0, 1], ln(1 + u) = 2 atanh(u / (2 + u)), whose series converges fast for u / (2 + u) ≤ 1/3.
 #[inline(always)]
-fn softplus(x: f32) -> f32 {
-    let u = exp(-x.abs());
+fn softplus<const FMA: bool>(x: f32) -> f32 {
+    let u = exp::<FMA>(-x.abs());
     let q = u / (2.0 + u);
     let q2 = q * q;
     let series = 1.0 / 13.0;
-    let series = series * q2 + 1.0 / 11.0;
-    let series = series * q2 + 1.0 / 9.0;
-    let series = series * q2 + 1.0 / 7.0;
-    let series = series * q2 + 1.0 / 5.0;
-    let series = series * q2 + 1.0 / 3.0;
-    let series = series * q2 + 1.0;
+    let series = madd::<FMA>(series, q2, 1.0 / 11.0);
+    let series = madd::<FMA>(series, q2, 1.0 / 9.0);
+    let series = madd::<FMA>(series, q2, 1.0 / 7.0);
+    let series = madd::<FMA>(series, q2, 1.0 / 5.0);
+    let series = madd::<FMA>(series, q2, 1.0 / 3.0);
+    let series = madd::<FMA>(series, q2, 1.0);
     x.max(0.0) + 2.0 * q * series
 }
 
@@ -400,54 +447,60 @@ fn softplus(x: f32) -> f32 {
 /// compiler can vectorise: x = k ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^k by
 /// building the float's exponent bits.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a library call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2_E + ROUND;
+    let shifted = madd::<FMA>(x, LOG2_E, ROUND);
     let k = shifted - ROUND;
     // `shifted` lies in [2^23, 2^24), where the low mantissa bits are the integer k itself: its
     // bits minus ROUND's are k, with no float-to-int conversion (which would not vectorise).
     let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let r = madd::<FMA>(-k, LN2_LO, madd::<FMA>(-k, LN2_HI, x));
     let p = 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
+    let p = madd::<FMA>(p, r, 1.0 / 120.0);
+    let p = madd::<FMA>(p, r, 1.0 / 24.0);
+    let p = madd::<FMA>(p, r, 1.0 / 6.0);
+    let p = madd::<FMA>(p, r, 0.5);
+    let p = madd::<FMA>(p, r, 1.0);
+    let p = madd::<FMA>(p, r, 1.0);
     p * f32::from_bits(k_bits.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
 mod tests {
+    // Both arithmetic variants (`mul_add` outside an FMA-enabled function is the exact library
+    // call, so the fused results are the same as in the kernel).
     #[test]
     fn vectorisable_softplus_is_accurate() {
-        let mut worst = 0.0f64;
-        for i in 0..=200_000 {
-            let x = -40.0 + 80.0 * i as f32 / 200_000.0;
-            let want = if x > 20.0 {
-                f64::from(x)
-            } else {
-                f64::from(x).exp().ln_1p()
-            };
-            worst = worst.max(((f64::from(super::softplus(x)) - want) / want).abs());
+        for softplus in [super::softplus::<false>, super::softplus::<true>] {
+            let mut worst = 0.0f64;
+            for i in 0..=200_000 {
+                let x = -40.0 + 80.0 * i as f32 / 200_000.0;
+                let want = if x > 20.0 {
+                    f64::from(x)
+                } else {
+                    f64::from(x).exp().ln_1p()
+                };
+                worst = worst.max(((f64::from(softplus(x)) - want) / want).abs());
+            }
+            assert!(worst < 5e-7, "worst relative error {worst:e}");
         }
-        assert!(worst < 5e-7, "worst relative error {worst:e}");
     }
 
     #[test]
     fn polynomial_exp_is_accurate() {
-        let mut worst = 0.0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
-            let (got, want) = (f64::from(super::exp(x)), f64::from(x).exp());
-            worst = worst.max(((got - want) / want).abs());
+        for exp in [super::exp::<false>, super::exp::<true>] {
+            let mut worst = 0.0f64;
+            for i in 0..=200_000 {
+                let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+                let (got, want) = (f64::from(exp(x)), f64::from(x).exp());
+                worst = worst.max(((got - want) / want).abs());
+            }
+            assert!(worst < 3e-7, "worst relative error {worst:e}");
         }
-        assert!(worst < 3e-7, "worst relative error {worst:e}");
     }
 }
