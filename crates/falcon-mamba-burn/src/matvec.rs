@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::scan::cpu::{host, madd};
 
-/// Above this many rows, burn's blocked matmul (compute-bound) is the better tool.
+/// Above this many rows, the blocked matmul (compute-bound) is the better tool.
 pub(crate) const MAX_ROWS: usize = 8;
 
 /// `input @ weight + bias` with `weight` `[in, out]`; see [`crate::scan::SelectiveScanBackend::project`].
