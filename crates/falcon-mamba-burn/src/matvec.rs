@@ -62,11 +62,7 @@ where
     for p in partials {
         y.iter_mut().zip(&p).for_each(|(y, p)| *y += p);
     }
-    if let Some(bias) = bias.map(host) {
-        for row in y.chunks_exact_mut(d_out) {
-            row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
-        }
-    }
+    add_bias(&mut y, bias);
     Tensor::from_data(TensorData::new(y, [batch, len, d_out]), &device)
 }
 
@@ -94,12 +90,20 @@ where
         general_mat_mul(1.0, &x, &w, 0.0, &mut y);
     }
     let mut y = y.into_raw_vec_and_offset().0;
+    add_bias(&mut y, bias);
+    Tensor::from_data(TensorData::new(y, [batch, len, d_out]), &input.device())
+}
+
+/// Adds `bias` (`[d_out]`) to every row of `y` (`[rows, d_out]`).
+fn add_bias<B>(y: &mut [f32], bias: Option<Tensor<B, 1>>)
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
     if let Some(bias) = bias.map(host) {
-        for row in y.chunks_exact_mut(d_out) {
+        for row in y.chunks_exact_mut(bias.len().max(1)) {
             row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
         }
     }
-    Tensor::from_data(TensorData::new(y, [batch, len, d_out]), &input.device())
 }
 
 /// Adds `x[:, inputs] @ w[inputs, outputs]` to `acc` (`[rows, outputs.len()]`), for `x`
