@@ -1,12 +1,11 @@
 //! The selective scan as a CPU kernel (used for burn-ndarray).
 //!
 //! Inputs are read time-major (`[batch, len, channels]`) where they are: that is how the mixer's
-//! projections lay them out anyway. Each rayon task scans one block of
-//! `LANES` adjacent channels of one batch row: the lanes are SIMD lanes, the `state` values of
-//! every lane stay in registers (or L1) for the whole sequence, B_t and C_t are scalars
-//! broadcast to all lanes, and nothing is allocated per time step. `exp` is a polynomial the
-//! compiler vectorises; on x86-64 the block is compiled a second time for AVX2 + FMA and picked
-//! at run time.
+//! projections lay them out anyway. Each rayon task scans one block of `LANES` adjacent channels
+//! of one batch row: the lanes are SIMD lanes, the `state` values of every lane stay in registers
+//! (or L1) for the whole sequence, B_t and C_t are scalars broadcast to all lanes, and nothing is
+//! allocated per time step. `exp` is a polynomial the compiler vectorises; on x86-64 the block is
+//! compiled a second time for AVX2 + FMA and picked at run time.
 
 use burn::backend::ndarray::NdArrayTensor;
 use burn::prelude::*;
@@ -32,7 +31,9 @@ where
     let c = time_major(input.c); // [batch, len, state]
     let a = HostSlice::new(input.a); // [channels, state]
     let d = HostSlice::new(input.d); // [channels]
-    let bias = input.delta_bias.map_or_else(|| vec![0.0; channels], host); // [channels]
+    let bias = input
+        .delta_bias
+        .map_or_else(|| HostSlice::Copied(vec![0.0; channels]), HostSlice::new); // [channels]
 
     let shared = ScanBuffers {
         channels,
@@ -91,7 +92,8 @@ where
     let [batch, channels, len] = x.dims();
     let kernel = weight.dims()[1];
     let history = kernel - 1;
-    let x = time_major(x); // [batch, len, channels]
+    let x = time_major(x);
+    let x: &[f32] = &x; // [batch, len, channels], looked up once rather than per row
     let weight = host(weight); // [channels, kernel]
     let mut taps = vec![0.0f32; kernel * channels]; // [kernel, channels]
     for (ch, w) in weight.chunks_exact(kernel).enumerate() {
