@@ -5,7 +5,7 @@
 //! with `--all-features` and `FALCON_MAMBA_BACKEND=wgpu` (or `cuda`) on that backend instead,
 //! timed to the device's completion.
 //!
-//! `cargo bench --profile dev --bench decode`. `FALCON_MAMBA_BENCH_VOCAB` overrides the vocabulary
+//! `cargo bench --bench decode`. `FALCON_MAMBA_BENCH_VOCAB` overrides the vocabulary
 //! size: Mesa's lavapipe binds at most 128 MiB per buffer, less than the 65024 × 768 f32 embedding.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -4,8 +4,8 @@
 //! burn-wgpu / burn-cuda (each timed to the device's completion). Throughputs are the scan's bytes
 //! in and out (x, delta, z, y; B, C; both states) per second.
 //!
-//! `cargo bench --profile dev --bench scan` (dev: dependencies and kernels at opt-level 3). For a
-//! GPU backend too: `FALCON_MAMBA_BACKEND=wgpu cargo bench --profile dev --all-features --bench scan`
+//! `cargo bench --bench scan` (the bench profile: release). For a GPU backend too:
+//! `FALCON_MAMBA_BACKEND=wgpu cargo bench --all-features --bench scan`
 //! (or `cuda`; the variable the test suite reads).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

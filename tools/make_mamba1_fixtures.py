@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Oracle fixtures for plain Mamba-1 checkpoints (transformers' `MambaForCausalLM`, no B/C/dt norms).
 
-Reuses ../shared/tools/make_fixtures.py (the Falcon Mamba fixture maker) with the model classes
+Reuses tools/make_fixtures.py (the Falcon Mamba fixture maker) with the model classes
 swapped, so the fixtures have exactly the same format and are picked up by the parity tests.
 
-    python -m venv /tmp/oracle-venv && /tmp/oracle-venv/bin/pip install -r ../shared/tools/oracle-requirements.txt
+    python -m venv /tmp/oracle-venv && /tmp/oracle-venv/bin/pip install -r tools/oracle-requirements.txt
     /tmp/oracle-venv/bin/python tools/make_mamba1_fixtures.py tests/fixtures
 """
 
@@ -13,7 +13,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "shared", "tools"))
+sys.path.insert(0, HERE)
 
 import make_fixtures as mf  # noqa: E402
 from transformers import MambaConfig, MambaForCausalLM  # noqa: E402

@@ -6,10 +6,10 @@ use falcon_mamba::{Error, FalconMamba, GenerationConfig, Tokenizer};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use crate::common::{device, scratch_dir, shared, B};
+use crate::common::{device, fixture, scratch_dir, tiny_model, B};
 
 pub fn tiny() -> PathBuf {
-    shared().join("fixtures/tiny")
+    fixture("tiny")
 }
 
 fn load(dir: &Path) -> Error {
@@ -142,7 +142,7 @@ fn truncated_safetensors_file() {
 
 /// A copy of the sharded fixture.
 fn sharded_copy(name: &str) -> PathBuf {
-    let source = shared().join("fixtures/tiny-sharded");
+    let source = fixture("tiny-sharded");
     let dir = scratch_dir(name);
     for entry in std::fs::read_dir(&source).unwrap() {
         let path = entry.unwrap().path();
@@ -204,7 +204,7 @@ fn empty_prompt() {
     assert!(matches!(e, Error::EmptyPrompt { .. }), "{e:?}");
     assert_names(&e, "empty prompt");
 
-    let dir = shared().join("models/tiny-falcon-vocab");
+    let dir = tiny_model();
     let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let e = model

@@ -3,10 +3,10 @@
 use falcon_mamba::core::{ChatTemplate, Message};
 use falcon_mamba::Tokenizer;
 
-use crate::common::{scratch_dir, shared};
+use crate::common::{scratch_dir, tiny_model};
 
 fn expected() -> serde_json::Value {
-    let dir = shared().join("models/tiny-falcon-vocab");
+    let dir = tiny_model();
     serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
 }
 
@@ -15,22 +15,21 @@ fn check(template: &ChatTemplate) {
     let messages: Vec<Message> = serde_json::from_value(expected["chat_messages"].clone()).unwrap();
     let prompt = template.render(&messages, true).unwrap();
     assert_eq!(prompt, expected["chat_prompt"].as_str().unwrap());
-    let tokenizer =
-        Tokenizer::from_file(shared().join("models/tiny-falcon-vocab/tokenizer.json")).unwrap();
+    let tokenizer = Tokenizer::from_file(tiny_model().join("tokenizer.json")).unwrap();
     let ids: Vec<u32> = serde_json::from_value(expected["chat_prompt_ids"].clone()).unwrap();
     assert_eq!(tokenizer.encode(&prompt).unwrap(), ids);
 }
 
 #[test]
 fn chat_template_jinja_renders_like_transformers() {
-    let template = ChatTemplate::from_dir(shared().join("models/tiny-falcon-vocab")).unwrap();
+    let template = ChatTemplate::from_dir(tiny_model()).unwrap();
     assert!(template.source().ends_with("chat_template.jinja"));
     check(&template);
 }
 
 #[test]
 fn chat_template_inside_tokenizer_config_renders_like_transformers() {
-    let source = shared().join("models/tiny-falcon-vocab");
+    let source = tiny_model();
     let jinja = std::fs::read_to_string(source.join("chat_template.jinja")).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(source.join("tokenizer_config.json")).unwrap(),

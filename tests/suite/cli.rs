@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use falcon_mamba::core::{ChatTemplate, Message};
 use falcon_mamba::Tokenizer;
 
-use crate::common::{scratch_dir, shared};
+use crate::common::{scratch_dir, tiny_model};
 
 /// `target/<profile>/examples/<name>`, built by `cargo test` with the test binaries.
 fn example(name: &str) -> Command {
@@ -23,10 +23,7 @@ fn example(name: &str) -> Command {
 }
 
 fn model_dir() -> String {
-    shared()
-        .join("models/tiny-falcon-vocab")
-        .display()
-        .to_string()
+    tiny_model().display().to_string()
 }
 
 fn run(mut command: Command, stdin: &str) -> Output {
@@ -51,10 +48,9 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn generate_prints_transformers_greedy_text() {
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared().join("models/tiny-falcon-vocab/expected.json")).unwrap(),
-    )
-    .unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_model().join("expected.json")).unwrap())
+            .unwrap();
     for case in expected["cases"].as_array().unwrap() {
         let mut command = example("generate");
         let prompt = case["prompt"].as_str().unwrap();
@@ -145,7 +141,7 @@ fn chat_feeds_only_the_new_turn() {
     let stdout = text(&out.stdout);
     let replies: Vec<&str> = stdout.lines().collect();
     assert_eq!(replies.len(), 2);
-    let dir = shared().join("models/tiny-falcon-vocab");
+    let dir = tiny_model();
     let template = ChatTemplate::from_dir(&dir).unwrap();
     let conversation = template
         .render(

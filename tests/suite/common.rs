@@ -1,4 +1,4 @@
-//! Shared helpers: the backends under test, locating `../shared`, reading reference tensors.
+//! Shared helpers: the backends under test, locating the fixtures, reading reference tensors.
 
 use std::path::{Path, PathBuf};
 
@@ -80,23 +80,31 @@ macro_rules! on_backend_under_test {
 }
 pub(crate) use on_backend_under_test;
 
-/// `../shared` next to the repository root.
-pub fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+/// The repository's `tests/fixtures`.
+fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Every fixture folder (config.json + reference.safetensors) under `$FALCON_MAMBA_FIXTURES`
-/// (default `../shared/fixtures`), then the repository's own `tests/fixtures` (Mamba-1).
-/// Panics when a directory is missing or holds none: a parity suite that silently tests nothing
-/// must not pass.
+/// One folder of `tests/fixtures` (an oracle fixture, or `tokenizer`).
+pub fn fixture(name: &str) -> PathBuf {
+    fixtures_root().join(name)
+}
+
+/// `tests/models/tiny-falcon-vocab`: a whole checkpoint directory with the real Falcon tokenizer.
+pub fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/tiny-falcon-vocab")
+}
+
+/// Every fixture folder (config.json + reference.safetensors) in `tests/fixtures`, then under
+/// each folder `$FALCON_MAMBA_FIXTURES` lists (separated like `PATH`). Panics when a directory is
+/// missing or holds none: a parity suite that silently tests nothing must not pass.
 pub fn fixture_dirs() -> Vec<PathBuf> {
-    let root = std::env::var_os("FALCON_MAMBA_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shared().join("fixtures"));
-    let mut dirs = fixtures_in(&root);
-    dirs.extend(fixtures_in(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
-    ));
+    let mut dirs = fixtures_in(&fixtures_root());
+    if let Some(extra) = std::env::var_os("FALCON_MAMBA_FIXTURES") {
+        for root in std::env::split_paths(&extra) {
+            dirs.extend(fixtures_in(&root));
+        }
+    }
     dirs
 }
 

@@ -1,13 +1,13 @@
-//! End to end on ../shared/models/tiny-falcon-vocab (bf16 weights, the real Falcon tokenizer):
+//! End to end on tests/models/tiny-falcon-vocab (bf16 weights, the real Falcon tokenizer):
 //! text → ids → greedy ids → text, against transformers' expected.json.
 
 use falcon_mamba::{FalconMamba, GenerationConfig, Tokenizer};
 
-use crate::common::{device, values, B};
+use crate::common::{device, tiny_model, values, B};
 
 #[test]
 fn tiny_falcon_vocab_matches_transformers() {
-    let dir = crate::common::shared().join("models/tiny-falcon-vocab");
+    let dir = tiny_model();
     let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let expected: serde_json::Value =
@@ -68,7 +68,7 @@ fn tiny_falcon_vocab_matches_transformers() {
 
 #[test]
 fn generation_config_json_gives_the_eos_ids() {
-    let dir = crate::common::shared().join("models/tiny-falcon-vocab");
+    let dir = tiny_model();
     let config = GenerationConfig::from_file(dir.join("generation_config.json")).unwrap();
     assert_eq!(config.eos_token_ids, vec![11]);
     assert!(!config.do_sample, "no do_sample in the file means greedy");
@@ -76,7 +76,7 @@ fn generation_config_json_gives_the_eos_ids() {
 
 #[test]
 fn generation_stops_at_the_eos_ids_of_generation_config_json() {
-    let dir = crate::common::shared().join("models/tiny-falcon-vocab");
+    let dir = tiny_model();
     let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
     // "Hello today" greedily produces 44275 forever: make it the file's eos id.
     let scratch = crate::common::scratch_dir("eos-config");

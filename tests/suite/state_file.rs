@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use falcon_mamba::{Error, FalconMamba, FalconMambaConfig, Prefill, State};
 
-use crate::common::{device, scratch_dir, shared, values, B};
+use crate::common::{device, fixture, scratch_dir, values, B};
 
 fn model() -> FalconMamba<B> {
-    FalconMamba::<B>::from_pretrained(shared().join("fixtures/small"), &device::<B>()).unwrap()
+    FalconMamba::<B>::from_pretrained(fixture("small"), &device::<B>()).unwrap()
 }
 
 /// Greedy continuation of `n` tokens from `state`, with every step's logits.
@@ -84,7 +84,7 @@ fn state_files_are_checked() {
         .unwrap();
 
     // Another model shape: a typed error naming the differing value.
-    let tiny = FalconMambaConfig::from_file(shared().join("fixtures/tiny/config.json")).unwrap();
+    let tiny = FalconMambaConfig::from_file(fixture("tiny").join("config.json")).unwrap();
     let e = State::<B>::load(&path, &tiny, &device::<B>()).unwrap_err();
     assert!(matches!(e, Error::StateMismatch { .. }), "{e:?}");
     assert!(e.to_string().contains("hidden_size = 256"), "{e}");
@@ -96,7 +96,7 @@ fn state_files_are_checked() {
         "{e}"
     );
 
-    let weights = shared().join("fixtures/small/model.safetensors");
+    let weights = fixture("small").join("model.safetensors");
     let e = State::<B>::load(&weights, model.config(), &device::<B>()).unwrap_err();
     assert!(
         matches!(e, Error::Safetensors { .. })

@@ -1,12 +1,12 @@
-//! The Falcon tokenizer against `tokenizers`' Python results (../shared/fixtures/tokenizer).
+//! The Falcon tokenizer against `tokenizers`' Python results (tests/fixtures/tokenizer).
 
 use falcon_mamba::Tokenizer;
 
-use crate::common::shared;
+use crate::common::fixture;
 
 /// The Falcon tokenizer and its `encodings.json`.
-fn fixture() -> (Tokenizer, serde_json::Value) {
-    let dir = shared().join("fixtures/tokenizer");
+fn tokenizer_and_encodings() -> (Tokenizer, serde_json::Value) {
+    let dir = fixture("tokenizer");
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let encodings = std::fs::read_to_string(dir.join("encodings.json")).unwrap();
     (tokenizer, serde_json::from_str(&encodings).unwrap())
@@ -14,7 +14,7 @@ fn fixture() -> (Tokenizer, serde_json::Value) {
 
 #[test]
 fn encodings_decodings_and_streaming_match_the_fixture() {
-    let (tokenizer, fixture) = fixture();
+    let (tokenizer, fixture) = tokenizer_and_encodings();
     assert_eq!(
         tokenizer.vocab_size(),
         fixture["vocab_size"].as_u64().unwrap() as usize
@@ -43,8 +43,7 @@ fn encodings_decodings_and_streaming_match_the_fixture() {
 
 #[test]
 fn streaming_never_splits_a_character() {
-    let tokenizer =
-        Tokenizer::from_file(shared().join("fixtures/tokenizer/tokenizer.json")).unwrap();
+    let tokenizer = Tokenizer::from_file(fixture("tokenizer").join("tokenizer.json")).unwrap();
     // Byte-level tokens of multi-byte characters: pieces must each be valid whole characters.
     let text = "日本語のテキスト 🙂👩‍👩‍👧 Ünïcödé";
     let ids = tokenizer.encode(text).unwrap();
@@ -65,7 +64,7 @@ fn streaming_never_splits_a_character() {
 
 #[test]
 fn special_tokens_encode_and_decode_as_single_ids() {
-    let (tokenizer, fixture) = fixture();
+    let (tokenizer, fixture) = tokenizer_and_encodings();
     let specials = fixture["special_tokens"].as_object().unwrap();
     assert_eq!(specials.len(), 12);
     for (id, token) in specials {
