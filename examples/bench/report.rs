@@ -137,6 +137,13 @@ impl Report {
     pub fn markdown(&self, max_mem: u64) -> String {
         let mut md = String::new();
         let _ = writeln!(md, "## {}\n", self.title);
+        if cfg!(debug_assertions) {
+            let _ = writeln!(
+                md,
+                "**An unoptimised build (the dev profile): these numbers mean nothing; measure \
+                 with `--release`.**\n"
+            );
+        }
         let _ = writeln!(
             md,
             "{:.1} M parameters; one decode step reads {:.1} MB of weights.\n",
@@ -152,13 +159,23 @@ impl Report {
                 1e3 / bound
             );
             if let Some(first) = self.decode.first() {
+                let fraction = 1.0 / first.latency / bound;
                 let _ = writeln!(
                     md,
-                    "Decode at position {}: {:.1} tok/s = **{:.0}% of the bound**.",
+                    "Decode at position {}: {:.1} tok/s, weights read at {:.1} GB/s = **{:.0}% of \
+                     the bound**.",
                     first.position,
                     1.0 / first.latency,
-                    100.0 / first.latency / bound
+                    self.weight_bytes as f64 / first.latency / 1e9,
+                    100.0 * fraction
                 );
+                if fraction > 1.0 {
+                    let _ = writeln!(
+                        md,
+                        "The decode read faster than the bandwidth probe: part of its weights \
+                         came from cache, or the machine's bandwidth changed between the two."
+                    );
+                }
             }
             let _ = writeln!(md);
         }
