@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--shape 130m|370m|1.4b|7b] [--backend cpu|wgpu|cuda]
-//!     [--vocab 65024] [--dtype f32] [--run bandwidth,decode,prefill] [--positions 256,1024,4096,16384,65536]
+//!     [--layers N] [--vocab 65024] [--dtype f32] [--run bandwidth,decode,prefill] [--positions 256,1024,4096,16384,65536]
 //!     [--decode-tokens 32] [--prompts 128,256,...,32768] [--chunk 512] [--sequential-max N]
 //!     [--max-mem 16GiB] [--out target/bench] [--font FILE.ttf]
 //! ```
@@ -48,6 +48,10 @@ struct Cli {
     /// vocabulary 65024).
     #[arg(long, default_value = "130m")]
     shape: String,
+    /// Layers instead of the shape's own count: a shallower model of the same widths, for a
+    /// quick run of the whole program (CI's smoke run). The report's title gives the count.
+    #[arg(long)]
+    layers: Option<usize>,
     /// cpu, wgpu or cuda (the last two need the cargo feature of that name).
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -164,7 +168,8 @@ struct Bench {
 impl OnBackend for Bench {
     fn run<B: SelectiveScanBackend>(self, device: B::Device) -> Result<(), String> {
         let cli = self.cli;
-        let (hidden, layers) = shape(&cli.shape)?;
+        let (hidden, shape_layers) = shape(&cli.shape)?;
+        let layers = cli.layers.unwrap_or(shape_layers);
         let max_mem = parse_bytes(&cli.max_mem)?;
         for list in [&cli.positions, &cli.prompts] {
             if list.is_empty() || list.windows(2).any(|w| w[0] >= w[1]) || list[0] == 0 {
