@@ -13,8 +13,9 @@ use falcon_mamba::model::burn::backend::NdArray;
 use falcon_mamba::model::burn::prelude::*;
 use falcon_mamba::model::burn::tensor::Distribution;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-use falcon_mamba::model::scan::SelectiveScanBackend;
-use falcon_mamba::model::scan::{cpu, reference, ScanInput};
+use falcon_mamba::SelectiveScanBackend;
+use falcon_mamba::model::cpu;
+use falcon_mamba::model::ops::{reference, ScanInput};
 
 #[path = "../examples/bench/stream.rs"]
 mod stream;

@@ -108,7 +108,7 @@ struct Chat {
 impl OnBackend for Chat {
     fn run<B: SelectiveScanBackend>(self, device: B::Device) -> Result<(), String> {
         let config = common::generation_config(&self.dir, &self.cli.sampling)?;
-        let (model, tokenizer) = common::load::<B>(&self.dir, &device)?;
+        let (model, tokenizer) = common::load::<B>(&self.dir, &device, &self.cli.model.dtype)?;
         let template = ChatTemplate::from_dir(&self.dir).map_err(line)?;
         let mut chat = match &self.cli.state {
             Some(path) => Conversation::load(path, &model)?,

@@ -51,7 +51,7 @@ impl OnBackend for Generate {
             }
         };
         let start = Instant::now();
-        let (model, tokenizer) = common::load::<B>(&self.dir, &device)?;
+        let (model, tokenizer) = common::load::<B>(&self.dir, &device, &self.cli.model.dtype)?;
         let loaded = start.elapsed();
 
         let start = Instant::now();

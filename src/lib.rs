@@ -28,9 +28,11 @@
 pub use falcon_mamba_burn as model;
 pub use falcon_mamba_core as core;
 
-pub use falcon_mamba_burn::{FalconMamba, Generation, SelectiveScanBackend, State, TextGeneration};
+pub use falcon_mamba_burn::{
+    FalconMamba, Generation, LoadOptions, SelectiveScanBackend, State, TextGeneration,
+};
 pub use falcon_mamba_core::{
-    Error, FalconMambaConfig, GenerationConfig, Prefill, Result, Tokenizer,
+    Error, FalconMambaConfig, GenerationConfig, Prefill, Result, Tokenizer, WeightFormat,
 };
 
 /// The CPU backend (burn-ndarray, f32).
@@ -41,5 +43,8 @@ pub type Cpu = falcon_mamba_burn::burn::backend::NdArray<f32>;
 pub mod prelude {
     #[cfg(feature = "ndarray")]
     pub use crate::Cpu;
-    pub use crate::{FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, State, Tokenizer};
+    pub use crate::{
+        FalconMamba, FalconMambaConfig, GenerationConfig, LoadOptions, Prefill, State, Tokenizer,
+        WeightFormat,
+    };
 }

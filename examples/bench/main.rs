@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--shape 130m|370m|1.4b|7b] [--backend cpu|wgpu|cuda]
-//!     [--layers N] [--vocab 65024] [--dtype f32] [--run bandwidth,decode,prefill] [--positions 256,1024,4096,16384,65536]
+//!     [--layers N] [--vocab 65024] [--dtype f32|bf16|f16] [--run bandwidth,decode,prefill] [--positions 256,1024,4096,16384,65536]
 //!     [--decode-tokens 32] [--prompts 128,256,...,32768] [--chunk 512] [--sequential-max N]
 //!     [--max-mem 16GiB] [--out target/bench] [--font FILE.ttf]
 //! ```
@@ -38,6 +38,7 @@ use falcon_mamba::model::burn::prelude::*;
 use falcon_mamba::model::burn::tensor::Distribution;
 use falcon_mamba::{
     FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, SelectiveScanBackend, State,
+    WeightFormat,
 };
 use report::{DecodeRow, PrefillRow, Report, Speedup, StepPaths};
 
@@ -59,9 +60,9 @@ struct Cli {
     /// per buffer, less than a 65024-row f32 embedding, so a wgpu run there needs a smaller one.
     #[arg(long, default_value_t = 65024)]
     vocab: usize,
-    /// Compute dtype.
+    /// Weight format: f32, bf16 or f16 (activations and the state are f32).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: WeightFormat,
     /// What to measure: any of bandwidth, decode, prefill.
     #[arg(
         long,
@@ -193,9 +194,9 @@ impl OnBackend for Bench {
             cli.shape, cli.backend
         );
         let start = Instant::now();
-        let model = FalconMamba::<B>::random(config, &device, 0).map_err(line)?;
+        let model = FalconMamba::<B>::random_in(config, cli.dtype, &device, 0).map_err(line)?;
         B::sync(&device).map_err(|e| format!("{e:?}"))?;
-        let mut report = Report::new(&cli.shape, &cli.backend, &cli.dtype, &model);
+        let mut report = Report::new(&cli.shape, &cli.backend, cli.dtype.name(), &model);
         eprintln!("built in {:.1} s", start.elapsed().as_secs_f64());
         let mut ids = Ids {
             seed: 0,
@@ -534,8 +535,8 @@ fn speedup<B: SelectiveScanBackend>(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (backend, dtype) = (cli.backend.clone(), cli.dtype.clone());
-    match backend::on_backend(&backend, &dtype, Bench { cli }) {
+    let backend = cli.backend.clone();
+    match backend::on_backend(&backend, Bench { cli }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");

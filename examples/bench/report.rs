@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use falcon_mamba::model::burn::module::Module;
 use falcon_mamba::{FalconMamba, Prefill, SelectiveScanBackend};
 
 use crate::memory;
@@ -117,14 +116,13 @@ impl Report {
     ) -> Self {
         let config = model.config();
         let params = model.num_params();
-        let read = params - config.vocab_size * config.hidden_size + config.hidden_size;
         Report {
             title: format!(
                 "{shape} (hidden {}, {} layers, vocab {}), {dtype}, {backend}, batch 1",
                 config.hidden_size, config.num_hidden_layers, config.vocab_size
             ),
             params,
-            weight_bytes: read * 4,
+            weight_bytes: model.weight_bytes(),
             bandwidth: None,
             decode: Vec::new(),
             step_paths: None,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use falcon_mamba::prelude::*;
-use falcon_mamba::SelectiveScanBackend;
+use falcon_mamba::{LoadOptions, SelectiveScanBackend, WeightFormat};
 
 /// Which model, on which backend.
 #[derive(Args, Debug, Clone)]
@@ -18,8 +18,9 @@ pub struct ModelArgs {
     /// cpu, wgpu or cuda (the last two need the cargo feature of that name).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
-    /// Compute dtype: f32 (f16 and bf16 are accepted names; no backend runs them yet).
-    #[arg(long, default_value = "f32")]
+    /// Weight format: auto (the checkpoint's own), f32, bf16 or f16. Activations and the state
+    /// are f32 whatever the weights are.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
 
@@ -105,12 +106,34 @@ pub fn generation_config(
     Ok(config)
 }
 
-/// Loads the model and tokenizer from `dir` onto `device`.
+/// `--dtype`: a weight format, or `None` for `auto` (the checkpoint's own).
+pub fn parse_dtype(text: &str) -> Result<Option<WeightFormat>, String> {
+    WeightFormat::parse_choice(text).map_err(line)
+}
+
+/// Loads the model (weights in the `--dtype` format) and tokenizer from `dir` onto `device`,
+/// printing progress on stderr for checkpoints that take a while.
 pub fn load<B: SelectiveScanBackend>(
     dir: &std::path::Path,
     device: &falcon_mamba::model::burn::tensor::Device<B>,
+    dtype: &str,
 ) -> Result<(FalconMamba<B>, Tokenizer), String> {
-    let model = FalconMamba::<B>::from_pretrained(dir, device).map_err(line)?;
+    let dtype = parse_dtype(dtype)?;
+    let start = std::time::Instant::now();
+    let mut shown = 0;
+    let progress = |done: usize, total: usize| {
+        let seconds = start.elapsed().as_secs();
+        if seconds > shown {
+            shown = seconds;
+            eprint!("\rloading {done}/{total} tensors ({seconds} s)");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let options = LoadOptions::default().with_dtype(dtype);
+    let model =
+        FalconMamba::<B>::from_pretrained_with(dir, device, options, progress).map_err(line)?;
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(line)?;
     Ok((model, tokenizer))
 }
@@ -119,7 +142,7 @@ pub fn load<B: SelectiveScanBackend>(
 /// error as one line on stderr with a failure exit code.
 pub fn run<J: backend::OnBackend>(args: &ModelArgs, job: impl FnOnce(PathBuf) -> J) -> ExitCode {
     match model_dir(&args.model)
-        .and_then(|dir| backend::on_backend(&args.backend, &args.dtype, job(dir)))
+        .and_then(|dir| backend::on_backend(&args.backend, job(dir)))
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

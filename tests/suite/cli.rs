@@ -197,8 +197,9 @@ fn assert_one_line_error(out: &Output, mentions: &str) {
 #[test]
 fn bad_command_lines_give_one_line_errors() {
     let model = model_dir();
-    let cases: [(&str, &[&str], &str); 7] = [
+    let cases: [(&str, &[&str], &str); 8] = [
         ("generate", &["--model", "/no/such/dir"], "/no/such/dir"),
+        ("generate", &["--model", &model, "--dtype", "q3"], "q3"),
         ("generate", &["--model", &model, "--backend", "tpu"], "tpu"),
         (
             "generate",

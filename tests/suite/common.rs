@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use safetensors::tensor::Dtype;
+use falcon_mamba::core::{Checkpoint, ModelTensors};
+use falcon_mamba::{FalconMamba, FalconMambaConfig, LoadOptions, SelectiveScanBackend, WeightFormat};
+use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 /// The backend of the tests that are not about backends (loading, bad input, state files, CLI).
@@ -43,6 +45,59 @@ pub fn backend_under_test() -> String {
         "FALCON_MAMBA_BACKEND={name}, but the tests were built without the `{name}` feature"
     );
     name
+}
+
+/// The weight format the parity suite loads models in: `$FALCON_MAMBA_DTYPE`, `f32` (default),
+/// `bf16` or `f16`.
+pub fn dtype_under_test() -> WeightFormat {
+    match std::env::var("FALCON_MAMBA_DTYPE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("FALCON_MAMBA_DTYPE: {e}")),
+        Err(_) => WeightFormat::F32,
+    }
+}
+
+/// Loads the checkpoint in `dir` with its weight matrices in `format`.
+pub fn load_in<B: SelectiveScanBackend>(dir: &Path, format: WeightFormat) -> FalconMamba<B> {
+    let options = LoadOptions::default().with_dtype(Some(format));
+    FalconMamba::<B>::from_pretrained_with(dir, &device::<B>(), options, |_, _| {})
+        .unwrap_or_else(|e| panic!("{} in {format}: {e}", dir.display()))
+}
+
+/// A copy of the checkpoint in `dir` (config.json and one model.safetensors) whose weight
+/// matrices went through `format` and back to f32: what a model loaded from `dir` in `format`
+/// computes with, for an f32 model to run as its reference.
+pub fn rounded_copy(dir: &Path, format: WeightFormat) -> PathBuf {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    let out = scratch_dir(&format!("rounded-{format}-{name}"));
+    std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
+    let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
+    let checkpoint = Checkpoint::open(dir).unwrap();
+    let tensors = ModelTensors::new(&config);
+    let mut matrices: Vec<&str> = vec![tensors.embedding.name.as_str()];
+    matrices.extend(tensors.lm_head.iter().map(|t| t.name.as_str()));
+    for l in &tensors.layers {
+        matrices.extend([&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj].map(|t| t.name.as_str()));
+    }
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|spec| {
+            let (values, shape) = checkpoint.read_f32(&spec.name).unwrap();
+            let rounded = matrices.contains(&spec.name.as_str());
+            let bytes = values
+                .iter()
+                .flat_map(|&v| if rounded { format.round(v) } else { v }.to_le_bytes())
+                .collect();
+            (spec.name.clone(), shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
+    out
 }
 
 /// How much looser than on the CPU the parity tolerances are on the backend under test. On wgpu

@@ -1,10 +1,12 @@
-//! Weights stored as f16 load through the same path as f32 and bf16 (which the fixtures cover).
+//! Weight formats: f16 checkpoints load through the same path as f32 and bf16 (which the
+//! fixtures cover), a checkpoint's format is kept unless another is asked for, random models
+//! take a format, and a format a backend cannot run is a typed error.
 
-use falcon_mamba::FalconMamba;
+use falcon_mamba::{Error, FalconMamba, LoadOptions, WeightFormat};
 use safetensors::tensor::Dtype;
 
 use crate::bad_input::{tiny, tiny_with_weights};
-use crate::common::{device, max_abs_diff, Reference, B};
+use crate::common::{device, load_in, max_abs_diff, Reference, B};
 
 #[test]
 fn f16_weights_load_and_stay_close_to_f32() {
@@ -28,4 +30,57 @@ fn f16_weights_load_and_stay_close_to_f32() {
         diff > 0.0 && diff < 0.1,
         "f16 weights: logits differ by {diff}"
     );
+}
+
+#[test]
+fn weights_keep_the_checkpoints_format_unless_asked() {
+    let tiny = crate::bad_input::tiny(); // f32
+    let bf16 = crate::common::fixture("tiny-bf16");
+    assert_eq!(load_in::<B>(&tiny, WeightFormat::Bf16).weight_format(), WeightFormat::Bf16);
+    let auto = |dir: &std::path::Path| {
+        FalconMamba::<B>::from_pretrained(dir, &device::<B>())
+            .unwrap()
+            .weight_format()
+    };
+    assert_eq!(auto(&tiny), WeightFormat::F32);
+    assert_eq!(auto(&bf16), WeightFormat::Bf16);
+    assert_eq!(load_in::<B>(&bf16, WeightFormat::F32).weight_format(), WeightFormat::F32);
+    // Half the bytes of f32 for every matrix; the f32 vectors are the same.
+    let f32_bytes = load_in::<B>(&tiny, WeightFormat::F32).weight_bytes();
+    let f16_bytes = load_in::<B>(&tiny, WeightFormat::F16).weight_bytes();
+    assert!(f16_bytes < f32_bytes * 6 / 10, "{f16_bytes} vs {f32_bytes}");
+}
+
+#[test]
+fn random_models_take_a_format() {
+    let config = falcon_mamba::FalconMambaConfig::falcon_mamba(64, 2, 100).unwrap();
+    for format in WeightFormat::ALL {
+        let model = FalconMamba::<B>::random_in(config.clone(), format, &device::<B>(), 7).unwrap();
+        assert_eq!(model.weight_format(), format);
+        let ids = model.input_ids(&[[1u32, 2, 3]]).unwrap();
+        let logits = model.forward(ids, &mut model.new_state(1)).unwrap();
+        let finite = logits.into_data().iter::<f32>().all(f32::is_finite);
+        assert!(finite, "{format}: non-finite logits");
+    }
+}
+
+/// WGSL has no bf16: asking wgpu for bf16 weights is a typed error naming the format and
+/// backend, not garbage.
+#[cfg(feature = "wgpu")]
+#[test]
+fn bf16_on_wgpu_is_a_typed_error() {
+    if crate::common::skip_wgpu() {
+        return;
+    }
+    let options = LoadOptions::default().with_dtype(Some(WeightFormat::Bf16));
+    let dir = crate::bad_input::tiny();
+    let device = device::<crate::common::Wgpu>();
+    match FalconMamba::<crate::common::Wgpu>::from_pretrained_with(&dir, &device, options, |_, _| {}) {
+        Err(e @ Error::UnsupportedWeightFormat { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("bf16"), "{message}");
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("wgpu loaded bf16 weights"),
+    }
 }

@@ -1,19 +1,28 @@
 //! Parity with HF transformers on every fixture folder: logits, hidden states, per-layer outputs,
 //! layer-0 intermediates, the state after the prompt, step and forced decode, greedy ids, for the
-//! batch of 1 and the batch of 2, on the backend `FALCON_MAMBA_BACKEND` names. Tolerance on the
-//! CPU and CUDA: logits max abs diff ≤ 1e-4 (DESIGN.md §4); other
-//! tensors ≤ 1e-4 × max(1, their largest magnitude), because f32 rounding grows with magnitude
-//! (plain Mamba-1 has no B/C norms: its layer-0 gated_y reaches ~230, where one ulp is 1.5e-5).
-//! On wgpu both are doubled (see [`tolerance_factor`]).
+//! batch of 1 and the batch of 2, on the backend `FALCON_MAMBA_BACKEND` names, with the weight
+//! matrices in the format `FALCON_MAMBA_DTYPE` names. Tolerance on the CPU and CUDA: logits max
+//! abs diff ≤ 1e-4 (DESIGN.md §4); other tensors ≤ 1e-4 × max(1, their largest magnitude),
+//! because f32 rounding grows with magnitude (plain Mamba-1 has no B/C norms: its layer-0
+//! gated_y reaches ~230, where one ulp is 1.5e-5). On wgpu both are doubled (see
+//! [`tolerance_factor`]).
+//!
+//! The reference: transformers' outputs when the model computes with the checkpoint's own
+//! weights (f32, or a bf16/f16 checkpoint kept in its format: transformers computed in f32 on
+//! its exactly widened weights). When loading narrows the weights (an f32 checkpoint in bf16),
+//! transformers never saw those weights: the reference is then our f32 model, itself checked
+//! against transformers by the f32 run, on the narrowed-then-widened weights ([`rounded_copy`]).
 
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use falcon_mamba::model::scan::SelectiveScanBackend;
-use falcon_mamba::{FalconMamba, GenerationConfig, Prefill};
+use falcon_mamba::core::{Checkpoint, ModelTensors};
+use falcon_mamba::{FalconMamba, FalconMambaConfig, GenerationConfig, Prefill};
+use falcon_mamba::{SelectiveScanBackend, WeightFormat};
 
 use crate::common::{
-    device, fixture_dirs, max_abs_diff, on_backend_under_test, tolerance_factor, Reference,
+    device, dtype_under_test, fixture_dirs, load_in, max_abs_diff, on_backend_under_test,
+    rounded_copy, tolerance_factor, Reference,
 };
 
 /// DESIGN.md §4's logits tolerance, times the backend's [`tolerance_factor`] (1 on CPU and CUDA).
@@ -26,27 +35,59 @@ fn scaled_tol<B: Backend>(reference: &Tensor<B, 3>) -> f32 {
     tol() * crate::common::values(reference.clone().abs().max())[0].max(1.0)
 }
 
-/// Max abs diff and its scaled tolerance against the reference tensor `name`.
-fn against<B: SelectiveScanBackend>(f: &Fixture<B>, value: Tensor<B, 3>, name: &str) -> (f32, f32) {
-    let reference: Tensor<B, 3> = f.reference.tensor(name);
-    let tol = scaled_tol(&reference);
-    (max_abs_diff(value, reference), tol)
-}
 /// transformers computing in bf16 (`*_bf16_native`) against our f32 compute: only a sanity bound.
 const BF16_NATIVE_TOL: f32 = 0.5;
 
 pub struct Fixture<B: SelectiveScanBackend> {
     pub name: String,
     pub dir: PathBuf,
+    /// The model under test, its matrices in [`dtype_under_test`].
     pub model: FalconMamba<B>,
+    /// transformers' outputs.
     pub reference: Reference,
+    /// When loading narrowed the weights: the f32 model on the narrowed-then-widened weights,
+    /// the reference instead of transformers.
+    pub twin: Option<FalconMamba<B>>,
     pub batches: Vec<String>,
+}
+
+/// One compared value: what the model under test gave, and where its reference is.
+struct Output<B: Backend> {
+    item: String,
+    value: Tensor<B, 3>,
+    /// The transformers tensor it is compared with.
+    reference: String,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Logits: the absolute tolerance.
+    Logits,
+    /// Other tensors: the tolerance scaled by the reference's magnitude.
+    Scaled,
+    /// The conv state: transformers keeps K columns, we keep the K-1 the next step needs.
+    ConvState,
+}
+
+fn output<B: Backend>(item: impl Into<String>, value: Tensor<B, 3>, reference: String, kind: Kind) -> Output<B> {
+    Output {
+        item: item.into(),
+        value,
+        reference,
+        kind,
+    }
 }
 
 impl<B: SelectiveScanBackend> Fixture<B> {
     fn load(dir: &Path) -> Self {
-        let model = FalconMamba::<B>::from_pretrained(dir, &device::<B>())
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let format = dtype_under_test();
+        let model = load_in::<B>(dir, format);
+        let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
+        let embedding = ModelTensors::new(&config).embedding.name;
+        let stored = Checkpoint::open(dir).unwrap().stored_format(&embedding).unwrap();
+        let narrowed = format != WeightFormat::F32 && format != stored;
+        let twin = narrowed.then(|| load_in::<B>(&rounded_copy(dir, format), WeightFormat::F32));
         let meta: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"),
         )
@@ -62,6 +103,7 @@ impl<B: SelectiveScanBackend> Fixture<B> {
             dir: dir.to_path_buf(),
             model,
             reference: Reference::open(dir),
+            twin,
             batches,
         }
     }
@@ -79,6 +121,47 @@ impl<B: SelectiveScanBackend> Fixture<B> {
         let n = positions.len();
         Tensor::from_data(TensorData::new(positions, [n]), &device::<B>())
     }
+
+    /// Compares `outputs` (of the model under test) with their references: transformers', or
+    /// `twin_outputs` (the same computation on the twin) when there is a twin.
+    fn compare(
+        &self,
+        outputs: Vec<Output<B>>,
+        twin_outputs: Option<Vec<Output<B>>>,
+    ) -> Vec<(String, f32, f32)> {
+        let mut twins = twin_outputs.map(Vec::into_iter);
+        outputs
+            .into_iter()
+            .map(|out| {
+                let reference: Tensor<B, 3> = match twins.as_mut() {
+                    Some(twins) => twins.next().expect("the twin gives the same outputs").value,
+                    None => {
+                        let reference: Tensor<B, 3> = self.reference.tensor(&out.reference);
+                        if out.kind == Kind::ConvState {
+                            let k = reference.dims()[2];
+                            reference.narrow(2, 1, k - 1)
+                        } else {
+                            reference
+                        }
+                    }
+                };
+                let tol = match out.kind {
+                    Kind::Logits => tol(),
+                    Kind::Scaled | Kind::ConvState => scaled_tol(&reference),
+                };
+                (out.item, max_abs_diff(out.value, reference), tol)
+            })
+            .collect()
+    }
+
+    /// Runs `compute` on the model under test and, when there is one, on its twin, and compares.
+    fn check(
+        &self,
+        compute: impl Fn(&FalconMamba<B>) -> Vec<Output<B>>,
+    ) -> Vec<(String, f32, f32)> {
+        let twin_outputs = self.twin.as_ref().map(&compute);
+        self.compare(compute(&self.model), twin_outputs)
+    }
 }
 
 /// Runs `check` on every fixture and batch prefix, printing each measured difference; fails with
@@ -88,17 +171,19 @@ pub fn for_each_fixture<B: SelectiveScanBackend>(
     mut check: impl FnMut(&Fixture<B>, &str) -> Vec<(String, f32, f32)>,
 ) {
     let mut failures = Vec::new();
+    let format = dtype_under_test();
     for dir in fixture_dirs() {
         let fixture = Fixture::load(&dir);
+        let against = if fixture.twin.is_some() { "f32 twin" } else { "transformers" };
         for batch in fixture.batches.clone() {
             for (item, diff, tol) in check(&fixture, &batch) {
                 println!(
-                    "{what:>14} {:<20} {batch} {item:<28} max abs diff {diff:.3e} (tol {tol:.0e})",
+                    "{what:>14} {:<20} {format} vs {against:<12} {batch} {item:<28} max abs diff {diff:.3e} (tol {tol:.0e})",
                     fixture.name
                 );
                 if diff.is_nan() || diff > tol {
                     failures.push(format!(
-                        "{} {batch} {item}: {diff:e} > {tol:e}",
+                        "{} ({format}) {batch} {item}: {diff:e} > {tol:e}",
                         fixture.name
                     ));
                 }
@@ -115,29 +200,22 @@ fn full_forward_logits_and_hidden() {
 
 fn full_forward_logits_and_hidden_on<B: SelectiveScanBackend>() {
     for_each_fixture::<B>("forward", |f, batch| {
-        let ids = f.model.input_ids(&f.prompt(batch)).unwrap();
-        let mut state = f.model.new_state(ids.dims()[0]);
-        let hidden = f.model.hidden(ids.clone(), &mut state).unwrap();
-        let mut state = f.model.new_state(ids.dims()[0]);
-        let logits = f.model.forward(ids, &mut state).unwrap();
-        let logits = logits.select(1, f.positions());
-        let hidden = hidden.select(1, f.positions());
-        let mut out = vec![
-            (
-                "logits".into(),
-                max_abs_diff(
-                    logits.clone(),
-                    f.reference.tensor(&format!("{batch}.logits")),
-                ),
-                tol(),
-            ),
-            {
-                let (diff, tol) = against(f, hidden, &format!("{batch}.hidden_final"));
-                ("hidden_final".into(), diff, tol)
-            },
-        ];
+        let mut out = f.check(|model| {
+            let ids = model.input_ids(&f.prompt(batch)).unwrap();
+            let mut state = model.new_state(ids.dims()[0]);
+            let hidden = model.hidden(ids.clone(), &mut state).unwrap();
+            let mut state = model.new_state(ids.dims()[0]);
+            let logits = model.forward(ids, &mut state).unwrap();
+            vec![
+                output("logits", logits.select(1, f.positions()), format!("{batch}.logits"), Kind::Logits),
+                output("hidden_final", hidden.select(1, f.positions()), format!("{batch}.hidden_final"), Kind::Scaled),
+            ]
+        });
         let native = format!("{batch}.logits_bf16_native");
-        if f.reference.has(&native) {
+        if f.twin.is_none() && f.reference.has(&native) {
+            let ids = f.model.input_ids(&f.prompt(batch)).unwrap();
+            let mut state = f.model.new_state(ids.dims()[0]);
+            let logits = f.model.forward(ids, &mut state).unwrap().select(1, f.positions());
             out.push((
                 "logits_bf16_native".into(),
                 max_abs_diff(logits, f.reference.tensor(&native)),
@@ -155,37 +233,41 @@ fn per_layer_outputs_and_layer0_intermediates() {
 
 fn per_layer_outputs_and_layer0_intermediates_on<B: SelectiveScanBackend>() {
     for_each_fixture::<B>("layers", |f, batch| {
-        let mut out = Vec::new();
         if !f.reference.has(&format!("{batch}.layer_out.0")) {
-            return out;
+            return Vec::new();
         }
-        let ids = f.model.input_ids(&f.prompt(batch)).unwrap();
-        let mut state = f.model.new_state(ids.dims()[0]);
-        let layers = f.model.layer_outputs(ids.clone(), &mut state).unwrap();
-        for (i, layer) in layers.into_iter().enumerate() {
-            let name = format!("{batch}.layer_out.{i}");
-            let (diff, tol) = against(f, layer.select(1, f.positions()), &name);
-            out.push((format!("layer_out.{i}"), diff, tol));
-        }
-        if f.reference.has(&format!("{batch}.layer0.norm_out")) {
-            let block = &f.model.layers[0];
-            let norm_out = block.norm.forward(f.model.embedding.forward(ids.clone()));
-            let mut state = f.model.new_state(ids.dims()[0]);
-            let trace = block.mixer.trace(norm_out.clone(), &mut state.layers[0]);
-            let parts = [
-                ("norm_out", norm_out),
-                ("in_proj_out", trace.in_proj_out),
-                ("conv_act_out", trace.conv_act_out),
-                ("x_proj_out", trace.x_proj_out),
-                ("gated_y", trace.gated_y),
-                ("out_proj_out", trace.out_proj_out),
-            ];
-            for (name, value) in parts {
-                let (diff, tol) = against(f, value, &format!("{batch}.layer0.{name}"));
-                out.push((format!("layer0.{name}"), diff, tol));
+        let intermediates = f.reference.has(&format!("{batch}.layer0.norm_out"));
+        f.check(|model| {
+            let ids = model.input_ids(&f.prompt(batch)).unwrap();
+            let mut state = model.new_state(ids.dims()[0]);
+            let layers = model.layer_outputs(ids.clone(), &mut state).unwrap();
+            let mut out: Vec<_> = layers
+                .into_iter()
+                .enumerate()
+                .map(|(i, layer)| {
+                    let name = format!("{batch}.layer_out.{i}");
+                    output(format!("layer_out.{i}"), layer.select(1, f.positions()), name, Kind::Scaled)
+                })
+                .collect();
+            if intermediates {
+                let block = &model.layers[0];
+                let norm_out = block.norm.forward(model.embed(ids.clone()));
+                let mut state = model.new_state(ids.dims()[0]);
+                let trace = block.mixer.trace(norm_out.clone(), &mut state.layers[0]);
+                let parts = [
+                    ("norm_out", norm_out),
+                    ("in_proj_out", trace.in_proj_out),
+                    ("conv_act_out", trace.conv_act_out),
+                    ("x_proj_out", trace.x_proj_out),
+                    ("gated_y", trace.gated_y),
+                    ("out_proj_out", trace.out_proj_out),
+                ];
+                for (name, value) in parts {
+                    out.push(output(format!("layer0.{name}"), value, format!("{batch}.layer0.{name}"), Kind::Scaled));
+                }
             }
-        }
-        out
+            out
+        })
     });
 }
 
@@ -196,51 +278,43 @@ fn state_after_the_prompt() {
 
 fn state_after_the_prompt_on<B: SelectiveScanBackend>() {
     for_each_fixture::<B>("state", |f, batch| {
-        let ids = f.model.input_ids(&f.prompt(batch)).unwrap();
-        let mut state = f.model.new_state(ids.dims()[0]);
-        f.model.prefill(ids, &mut state, Prefill::Parallel).unwrap();
-        let mut out = Vec::new();
-        for (i, layer) in state.layers.iter().enumerate() {
-            // transformers keeps K columns; we keep the K-1 the next step needs (its last ones).
-            let conv: Tensor<B, 3> = f.reference.tensor(&format!("{batch}.cache.conv_state.{i}"));
-            let [_, _, k] = conv.dims();
-            let conv = conv.narrow(2, 1, k - 1);
-            let tol = scaled_tol(&conv);
-            out.push((
-                format!("conv_state.{i}"),
-                max_abs_diff(layer.conv.clone(), conv),
-                tol,
-            ));
-            let name = format!("{batch}.cache.ssm_state.{i}");
-            let (diff, tol) = against(f, layer.ssm.clone(), &name);
-            out.push((format!("ssm_state.{i}"), diff, tol));
-        }
-        out
+        f.check(|model| {
+            let ids = model.input_ids(&f.prompt(batch)).unwrap();
+            let mut state = model.new_state(ids.dims()[0]);
+            model.prefill(ids, &mut state, Prefill::Parallel).unwrap();
+            let mut out = Vec::new();
+            for (i, layer) in state.layers.into_iter().enumerate() {
+                let conv = format!("{batch}.cache.conv_state.{i}");
+                out.push(output(format!("conv_state.{i}"), layer.conv, conv, Kind::ConvState));
+                let ssm = format!("{batch}.cache.ssm_state.{i}");
+                out.push(output(format!("ssm_state.{i}"), layer.ssm, ssm, Kind::Scaled));
+            }
+            out
+        })
     });
 }
 
-/// Prefill, then feed `fed` one token at a time; `expected[:, 0]` are the logits after the prompt
-/// when `include_prefill`, and each later entry the logits after one fed token.
-fn decode_diffs<B: SelectiveScanBackend>(
-    f: &Fixture<B>,
-    batch: &str,
+/// Prefill, then feed `fed` one token at a time: the logits after the prompt (when
+/// `include_prefill`) and after each fed token, `[batch, steps, vocab]`.
+fn decode_logits<B: SelectiveScanBackend>(
+    model: &FalconMamba<B>,
+    prompt: &[Vec<u32>],
     fed: &[Vec<u32>],
-    expected: Tensor<B, 3>,
+    steps: usize,
     include_prefill: bool,
-) -> f32 {
-    let ids = f.model.input_ids(&f.prompt(batch)).unwrap();
-    let mut state = f.model.new_state(ids.dims()[0]);
-    let mut logits = vec![f.model.prefill(ids, &mut state, Prefill::Parallel).unwrap()];
-    let steps = expected.dims()[1] - usize::from(include_prefill);
-    for t in 0..steps {
+) -> Tensor<B, 3> {
+    let ids = model.input_ids(prompt).unwrap();
+    let mut state = model.new_state(ids.dims()[0]);
+    let mut logits = vec![model.prefill(ids, &mut state, Prefill::Parallel).unwrap()];
+    for t in 0..steps - usize::from(include_prefill) {
         let column: Vec<Vec<u32>> = fed.iter().map(|row| vec![row[t]]).collect();
-        let ids = f.model.input_ids(&column).unwrap().squeeze_dim(1);
-        logits.push(f.model.step(ids, &mut state).unwrap());
+        let ids = model.input_ids(&column).unwrap().squeeze_dim(1);
+        logits.push(model.step(ids, &mut state).unwrap());
     }
     if !include_prefill {
         logits.remove(0);
     }
-    max_abs_diff(Tensor::stack(logits, 1), expected)
+    Tensor::stack(logits, 1)
 }
 
 #[test]
@@ -252,20 +326,17 @@ fn step_decode_and_forced_decode_logits_on<B: SelectiveScanBackend>() {
     for_each_fixture::<B>("decode", |f, batch| {
         let generated = f.reference.ids(&format!("{batch}.generated_ids"));
         let forced = f.reference.ids(&format!("{batch}.forced_ids"));
-        let decode = f.reference.tensor(&format!("{batch}.decode_logits"));
-        let forced_logits = f.reference.tensor(&format!("{batch}.forced_decode_logits"));
-        vec![
-            (
-                "decode_logits".into(),
-                decode_diffs(f, batch, &generated, decode, true),
-                tol(),
-            ),
-            (
-                "forced_decode_logits".into(),
-                decode_diffs(f, batch, &forced, forced_logits, false),
-                tol(),
-            ),
-        ]
+        let decode = format!("{batch}.decode_logits");
+        let forced_name = format!("{batch}.forced_decode_logits");
+        let decode_steps = f.reference.f32(&decode).1[1];
+        let forced_steps = f.reference.f32(&forced_name).1[1];
+        f.check(|model| {
+            let prompt = f.prompt(batch);
+            vec![
+                output("decode_logits", decode_logits(model, &prompt, &generated, decode_steps, true), decode.clone(), Kind::Logits),
+                output("forced_decode_logits", decode_logits(model, &prompt, &forced, forced_steps, false), forced_name.clone(), Kind::Logits),
+            ]
+        })
     });
 }
 
@@ -276,23 +347,18 @@ fn greedy_ids_are_identical() {
 
 fn greedy_ids_are_identical_on<B: SelectiveScanBackend>() {
     for_each_fixture::<B>("greedy", |f, batch| {
-        let expected = f.reference.ids(&format!("{batch}.generated_ids"));
-        let config = GenerationConfig::default().with_max_new_tokens(expected[0].len());
-        let steps: Vec<Vec<Option<u32>>> = f
-            .model
-            .generate(&f.prompt(batch), &config)
-            .unwrap()
-            .collect();
-        let rows: Vec<Vec<u32>> = (0..expected.len())
-            .map(|r| {
-                steps
-                    .iter()
-                    .map(|s| s[r].expect("no eos configured"))
-                    .collect()
-            })
-            .collect();
+        let reference = f.reference.ids(&format!("{batch}.generated_ids"));
+        let greedy = |model: &FalconMamba<B>| -> Vec<Vec<u32>> {
+            let config = GenerationConfig::default().with_max_new_tokens(reference[0].len());
+            let steps: Vec<Vec<Option<u32>>> =
+                model.generate(&f.prompt(batch), &config).unwrap().collect();
+            (0..reference.len())
+                .map(|r| steps.iter().map(|s| s[r].expect("no eos configured")).collect())
+                .collect()
+        };
+        let expected = f.twin.as_ref().map_or_else(|| reference.clone(), greedy);
         assert_eq!(
-            rows,
+            greedy(&f.model),
             expected,
             "{} {batch}: greedy ids ({})",
             f.name,

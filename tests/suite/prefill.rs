@@ -5,7 +5,7 @@
 //! conv states reach ~30.)
 
 use burn::prelude::*;
-use falcon_mamba::model::scan::SelectiveScanBackend;
+use falcon_mamba::SelectiveScanBackend;
 use falcon_mamba::{Prefill, State};
 
 use crate::common::{max_abs_diff, on_backend_under_test};

@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use falcon_mamba::core::reference::{self, ScanDims, ScanInputs};
-use falcon_mamba::model::scan::{ScanInput, SelectiveScanBackend};
+use falcon_mamba::model::ops::{ScanInput, SelectiveScanBackend};
 
 use crate::common::{device, on_backend_under_test, values, B};
 
@@ -149,7 +149,7 @@ fn reference_scan_matches_the_scalar_oracle() {
         (3, 5, 8, 64),
     ];
     let worst = check_scan::<B>(
-        falcon_mamba::model::scan::reference::selective_scan,
+        falcon_mamba::model::ops::reference::selective_scan,
         &shapes,
         TOL,
     );
@@ -159,7 +159,7 @@ fn reference_scan_matches_the_scalar_oracle() {
 #[test]
 fn cpu_kernel_matches_the_scalar_oracle() {
     let worst = check_scan::<B>(
-        falcon_mamba::model::scan::cpu::selective_scan,
+        falcon_mamba::model::cpu::selective_scan,
         &full_grid(),
         TOL,
     );
@@ -186,12 +186,12 @@ fn cube_kernels_match_the_scalar_oracle_on_wgpu() {
         return;
     }
     let worst = check_scan::<CubeWgpu>(
-        falcon_mamba::model::scan::cube::selective_scan,
+        falcon_mamba::model::cube::selective_scan,
         &full_grid(),
         TOL,
     );
     println!("cube scan on wgpu: worst difference {worst:.2e} (tol {TOL:e})");
-    let worst = check_conv::<CubeWgpu>(falcon_mamba::model::scan::cube::causal_conv1d);
+    let worst = check_conv::<CubeWgpu>(falcon_mamba::model::cube::causal_conv1d);
     println!("cube conv on wgpu: worst difference {worst:.2e} (tol {CONV_TOL:e})");
 }
 
@@ -242,13 +242,13 @@ fn check_conv<B: Backend>(conv: Conv<B>) -> f32 {
 
 #[test]
 fn cpu_conv_matches_the_scalar_oracle() {
-    let worst = check_conv::<B>(falcon_mamba::model::scan::cpu::causal_conv1d);
+    let worst = check_conv::<B>(falcon_mamba::model::cpu::causal_conv1d);
     println!("cpu conv: worst difference {worst:.2e} (tol {CONV_TOL:e})");
 }
 
 #[test]
 fn reference_conv_matches_the_scalar_oracle() {
-    let worst = check_conv::<B>(falcon_mamba::model::scan::reference::causal_conv1d);
+    let worst = check_conv::<B>(falcon_mamba::model::ops::reference::causal_conv1d);
     println!("reference conv: worst difference {worst:.2e} (tol {CONV_TOL:e})");
 }
 

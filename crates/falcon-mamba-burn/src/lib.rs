@@ -1,24 +1,25 @@
-//! Falcon Mamba on burn: the model, its recurrent state, the selective-scan op and generation.
+//! Falcon Mamba on burn, in layers whose arrows point down (DESIGN.md §7):
 //!
-//! `FalconMamba<B>` runs on any burn backend `B` that implements [`SelectiveScanBackend`].
+//! - [`model`]: [`FalconMamba`], its mixer and norms, loading, random models, generation;
+//! - [`ops`]: what a backend provides ([`SelectiveScanBackend`]: scan, conv, norms,
+//!   projections over [`PackedLinear`] weights in any [`WeightFormat`], a fused decode step),
+//!   with tensor-op defaults; it knows no model type;
+//! - [`cpu`] (burn-ndarray) and [`cube`] (wgpu, CUDA): the backends' implementations;
+//! - [`state`]: the recurrent state the ops update.
+//!
+//! [`WeightFormat`]: falcon_mamba_core::WeightFormat
 #![warn(missing_docs)]
 
 #[cfg(feature = "ndarray")]
-mod decode;
-pub mod generate;
-#[cfg(feature = "ndarray")]
-mod matvec;
-pub mod mixer;
+pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 pub mod model;
-pub mod norm;
-pub mod pretrained;
-pub mod random;
-pub mod scan;
+pub mod ops;
 pub mod state;
 
 /// The burn version this crate is built on, for naming backends and tensors.
 pub use burn;
-pub use generate::{Generation, TextGeneration};
-pub use model::{Block, FalconMamba};
-pub use scan::{ScanInput, SelectiveScanBackend};
+pub use model::{Block, FalconMamba, Generation, LoadOptions, TextGeneration};
+pub use ops::{PackedLinear, ScanInput, SelectiveScanBackend};
 pub use state::{LayerState, State};

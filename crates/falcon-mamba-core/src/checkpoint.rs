@@ -1,23 +1,24 @@
 //! Hugging Face safetensors checkpoints: a single `model.safetensors` or an index plus shards,
-//! memory-mapped, checked name by name and shape by shape against the config before any tensor
-//! is materialised.
+//! checked name by name and shape by shape against the config before any tensor is read. Tensors
+//! are read with positioned reads, one at a time: nothing stays resident but what the caller
+//! keeps, and a file truncated while open is an I/O error rather than a fault.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
-use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde::Deserialize;
 
 use crate::config::FalconMambaConfig;
 use crate::error::{Error, Result};
+use crate::tensors::expected_tensors;
+use crate::weights::{WeightFormat, WeightMatrix};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// An opened checkpoint: every weight file mapped, every tensor located.
+/// An opened checkpoint: every weight file open and its header parsed, every tensor located.
 pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<WeightFile>,
@@ -27,20 +28,14 @@ pub struct Checkpoint {
 
 struct WeightFile {
     path: PathBuf,
-    mmap: Mmap,
+    file: File,
     /// Byte offset of the data section (tensor offsets are relative to it).
-    data_start: usize,
+    data_start: u64,
     metadata: Metadata,
 }
 
-/// The name and shape of one tensor a config requires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorSpec {
-    /// Full checkpoint name, e.g. `backbone.layers.0.mixer.A_log`.
-    pub name: String,
-    /// Shape in PyTorch layout.
-    pub shape: Vec<usize>,
-}
+/// The largest safetensors header read (the format's own limit).
+const MAX_HEADER: u64 = 100_000_000;
 
 #[derive(Deserialize)]
 struct ShardIndex {
@@ -147,33 +142,41 @@ impl Checkpoint {
     /// bf16 and f16 widen to f32 exactly.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let (file, info) = self.locate(name)?;
-        let (start, end) = info.data_offsets;
-        let bytes = &file.mmap[file.data_start + start..file.data_start + end];
-        let values = match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::UnsupportedDtype {
-                    name: name.into(),
-                    path: file.path.clone(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        Ok((values, info.shape.clone()))
+        let stored = float_format(file, name, info)?;
+        let bytes = file.read(info)?;
+        let shape = info.shape.clone();
+        // A 1-column matrix's transpose is itself: the conversion is all that happens.
+        let len = shape.iter().product();
+        let values = WeightMatrix::from_torch_bytes(&bytes, stored, len, 1, WeightFormat::F32);
+        Ok((values.to_f32(), shape))
     }
 
-    fn locate(&self, name: &str) -> Result<(&WeightFile, &safetensors::tensor::TensorInfo)> {
+    /// Reads a 2-d float tensor `[out, in]` as a [`WeightMatrix`] in `format` (transposed to the
+    /// library's `[in, out]` layout). Only the tensor's own bytes and the result are held.
+    pub fn read_matrix(&self, name: &str, format: WeightFormat) -> Result<WeightMatrix> {
+        let (file, info) = self.locate(name)?;
+        let stored = float_format(file, name, info)?;
+        let &[d_out, d_in] = info.shape.as_slice() else {
+            return Err(Error::ShapeMismatch {
+                name: name.into(),
+                path: file.path.clone(),
+                expected: vec![0, 0],
+                actual: info.shape.clone(),
+            });
+        };
+        let bytes = file.read(info)?;
+        Ok(WeightMatrix::from_torch_bytes(
+            &bytes, stored, d_out, d_in, format,
+        ))
+    }
+
+    /// The format a float tensor is stored in.
+    pub fn stored_format(&self, name: &str) -> Result<WeightFormat> {
+        let (file, info) = self.locate(name)?;
+        float_format(file, name, info)
+    }
+
+    fn locate(&self, name: &str) -> Result<(&WeightFile, &TensorInfo)> {
         let missing = || Error::MissingTensor {
             name: name.into(),
             dir: self.dir.clone(),
@@ -187,89 +190,99 @@ impl Checkpoint {
 impl WeightFile {
     fn open(path: PathBuf) -> Result<Self> {
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        // SAFETY: the map is read-only; a checkpoint modified while loaded is outside our contract,
-        // as for every mmap-based loader (safetensors, candle, llama.cpp).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                reason: describe(&e),
-            })?;
+        let invalid = |reason: String| Error::Safetensors {
+            path: path.clone(),
+            reason,
+        };
+        let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let mut len_bytes = [0u8; 8];
+        read_at(&file, &mut len_bytes, 0)
+            .map_err(|_| invalid("file too short for a header".into()))?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > MAX_HEADER || 8 + header_len > file_len {
+            return Err(invalid(format!(
+                "header length {header_len} does not fit the file ({file_len} bytes)"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        read_at(&file, &mut header, 8).map_err(|e| Error::io(&path, e))?;
+        let metadata: Metadata = serde_json::from_slice(&header)
+            .map_err(|e| invalid(format!("invalid header: {e}")))?;
+        let data_start = 8 + header_len;
+        // Tensors must tile the data section exactly, each as long as its shape and dtype say.
+        let tensors = metadata.tensors();
+        let mut infos: Vec<_> = tensors.iter().collect();
+        infos.sort_by_key(|(_, info)| info.data_offsets);
+        let mut end = 0usize;
+        for (name, info) in &infos {
+            let (start, stop) = info.data_offsets;
+            let bytes = info
+                .shape
+                .iter()
+                .try_fold(info.dtype.bitsize(), |acc, &d| acc.checked_mul(d))
+                .map(|bits| bits.div_ceil(8));
+            if start != end || Some(stop.wrapping_sub(start)) != bytes || stop < start {
+                return Err(invalid(format!(
+                    "tensor `{name}` has offsets {start}..{stop}, which do not fit its shape and dtype"
+                )));
+            }
+            end = stop;
+        }
+        if data_start + end as u64 != file_len {
+            return Err(invalid(
+                "file size does not match its header (truncated or padded)".into(),
+            ));
+        }
+        drop(infos);
+        drop(tensors);
         Ok(WeightFile {
             path,
-            data_start: 8 + header_len,
-            mmap,
+            file,
+            data_start,
             metadata,
         })
     }
-}
 
-fn describe(e: &safetensors::SafeTensorError) -> String {
-    match e {
-        safetensors::SafeTensorError::MetadataIncompleteBuffer => {
-            "file size does not match its header (truncated or padded)".into()
-        }
-        safetensors::SafeTensorError::HeaderTooSmall => "file too short for a header".into(),
-        other => other.to_string(),
+    /// A tensor's bytes, read from the file.
+    fn read(&self, info: &TensorInfo) -> Result<Vec<u8>> {
+        let (start, stop) = info.data_offsets;
+        let mut bytes = vec![0u8; stop - start];
+        read_at(&self.file, &mut bytes, self.data_start + start as u64)
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(bytes)
     }
 }
 
-/// Every tensor a model with this config reads, with its PyTorch-layout shape.
-pub fn expected_tensors(config: &FalconMambaConfig) -> Vec<TensorSpec> {
-    let (h, d, n, k, r, v) = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.state_size,
-        config.conv_kernel,
-        config.time_step_rank,
-        config.vocab_size,
-    );
-    let mut specs = vec![TensorSpec::new("backbone.embeddings.weight", [v, h])];
-    for i in 0..config.num_hidden_layers {
-        let p = format!("backbone.layers.{i}");
-        specs.push(TensorSpec::new(format!("{p}.norm.weight"), [h]));
-        specs.push(TensorSpec::new(
-            format!("{p}.mixer.in_proj.weight"),
-            [2 * d, h],
-        ));
-        if config.use_bias {
-            specs.push(TensorSpec::new(format!("{p}.mixer.in_proj.bias"), [2 * d]));
-        }
-        specs.push(TensorSpec::new(
-            format!("{p}.mixer.conv1d.weight"),
-            [d, 1, k],
-        ));
-        if config.use_conv_bias {
-            specs.push(TensorSpec::new(format!("{p}.mixer.conv1d.bias"), [d]));
-        }
-        specs.push(TensorSpec::new(
-            format!("{p}.mixer.x_proj.weight"),
-            [r + 2 * n, d],
-        ));
-        specs.push(TensorSpec::new(format!("{p}.mixer.dt_proj.weight"), [d, r]));
-        specs.push(TensorSpec::new(format!("{p}.mixer.dt_proj.bias"), [d]));
-        specs.push(TensorSpec::new(format!("{p}.mixer.A_log"), [d, n]));
-        specs.push(TensorSpec::new(format!("{p}.mixer.D"), [d]));
-        specs.push(TensorSpec::new(
-            format!("{p}.mixer.out_proj.weight"),
-            [h, d],
-        ));
-        if config.use_bias {
-            specs.push(TensorSpec::new(format!("{p}.mixer.out_proj.bias"), [h]));
-        }
+/// Fills `buf` from `file` at `offset`, leaving the file position alone.
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
     }
-    specs.push(TensorSpec::new("backbone.norm_f.weight", [h]));
-    if !config.tie_word_embeddings {
-        specs.push(TensorSpec::new("lm_head.weight", [v, h]));
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+        Ok(())
     }
-    specs
 }
 
-impl TensorSpec {
-    fn new<const R: usize>(name: impl Into<String>, shape: [usize; R]) -> Self {
-        TensorSpec {
+/// The weight format of a float tensor; other dtypes are a typed error.
+fn float_format(file: &WeightFile, name: &str, info: &TensorInfo) -> Result<WeightFormat> {
+    match info.dtype {
+        Dtype::F32 => Ok(WeightFormat::F32),
+        Dtype::BF16 => Ok(WeightFormat::Bf16),
+        Dtype::F16 => Ok(WeightFormat::F16),
+        other => Err(Error::UnsupportedDtype {
             name: name.into(),
-            shape: shape.to_vec(),
-        }
+            path: file.path.clone(),
+            dtype: format!("{other:?}"),
+        }),
     }
 }

@@ -98,6 +98,20 @@ pub enum Error {
         /// The dtype on disk.
         dtype: String,
     },
+    /// A weight format name (`--dtype`, `FALCON_MAMBA_DTYPE`) is not one the library knows.
+    #[error("unknown weight format `{name}`: expected auto, f32, bf16 or f16")]
+    UnknownWeightFormat {
+        /// The name given.
+        name: String,
+    },
+    /// The backend cannot store or compute with weights in this format on its device.
+    #[error("the {backend} backend cannot run {format} weights on this device; load them as f32 (`--dtype f32`) or f16")]
+    UnsupportedWeightFormat {
+        /// The weight format asked for.
+        format: crate::weights::WeightFormat,
+        /// The backend, as burn names it.
+        backend: String,
+    },
     /// The tokenizer file could not be loaded or used.
     #[error("tokenizer {}: {reason}", path.display())]
     Tokenizer {

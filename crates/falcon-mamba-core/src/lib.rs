@@ -1,7 +1,9 @@
 //! Falcon Mamba without a tensor framework: everything a runtime needs around the tensors.
 //!
 //! - [`FalconMambaConfig`]: `config.json`, resolved and validated (Falcon Mamba and plain Mamba-1).
-//! - [`Checkpoint`]: safetensors weights (single file or sharded), memory-mapped and checked.
+//! - [`Checkpoint`]: safetensors weights (single file or sharded), checked, read tensor by tensor.
+//! - [`ModelTensors`]: the model's tensor list; [`WeightFormat`] and [`WeightMatrix`]: weight
+//!   matrices in f32, bf16 or f16.
 //! - [`Tokenizer`]: `tokenizer.json` with UTF-8-safe streaming decode.
 //! - [`GenerationConfig`] and [`Sampler`]: stopping rules and token choice.
 //! - [`ChatTemplate`]: chat prompts from the checkpoint's Jinja template (ChatML fallback).
@@ -19,12 +21,16 @@ pub mod generation;
 pub mod hub;
 pub mod reference;
 pub mod sampling;
+pub mod tensors;
 pub mod tokenizer;
+pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
-pub use checkpoint::{expected_tensors, Checkpoint, TensorSpec};
+pub use checkpoint::Checkpoint;
 pub use config::{FalconMambaConfig, ModelType};
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Prefill};
 pub use sampling::Sampler;
+pub use tensors::{expected_tensors, LayerTensors, ModelTensors, TensorSpec};
 pub use tokenizer::{DecodeStream, Tokenizer};
+pub use weights::{WeightData, WeightFormat, WeightMatrix};

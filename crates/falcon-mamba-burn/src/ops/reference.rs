@@ -73,3 +73,23 @@ pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let large = x.clone().greater_elem(20.0);
     x.clone().exp().log1p().mask_where(large, x)
 }
+
+/// See [`super::SelectiveScanBackend::rms_norm`].
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let inv_rms = x
+        .clone()
+        .square()
+        .mean_dim(D - 1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    let y = x * inv_rms;
+    match weight {
+        Some(w) => y * w.unsqueeze(),
+        None => y,
+    }
+}

@@ -10,7 +10,9 @@ use burn_fusion::stream::OperationStreams;
 use burn_fusion::{Fusion, FusionBackend, NoOp};
 use burn_ir::{InitOperationIr, OperationIr};
 
-use super::{ScanInput, SelectiveScanBackend};
+use falcon_mamba_core::{Result, WeightMatrix};
+
+use crate::ops::{ScanInput, SelectiveScanBackend, TensorMatrix};
 
 type Client<B> = GlobalFusionClient<<B as FusionBackend>::FusionRuntime>;
 
@@ -51,6 +53,24 @@ impl<B> SelectiveScanBackend for Fusion<B>
 where
     B: FusionBackend + SelectiveScanBackend,
 {
+    type Matrix = TensorMatrix<Self>;
+
+    fn matrix(weights: WeightMatrix, device: &Self::Device) -> Result<Self::Matrix> {
+        TensorMatrix::new(weights, device)
+    }
+
+    fn embed(ids: Tensor<Self, 2, burn::tensor::Int>, table: &Self::Matrix) -> Tensor<Self, 3> {
+        table.embed(ids)
+    }
+
+    fn project(
+        input: Tensor<Self, 3>,
+        weight: &Self::Matrix,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, 3> {
+        weight.project(input, bias)
+    }
+
     fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
         let client = client_of(&input.x);
         let (y, state) = B::selective_scan(ScanInput {

@@ -1,18 +1,17 @@
 //! `FalconMamba<B>`: embedding → blocks (RMSNorm → mixer → residual) → norm_f → lm_head, with the
 //! recurrent state threaded through every call (DESIGN.md §2).
 
-use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
-use falcon_mamba_core::{Error, FalconMambaConfig, Prefill, Result};
+use falcon_mamba_core::{Error, FalconMambaConfig, Prefill, Result, WeightFormat};
 
-use crate::mixer::Mixer;
-use crate::norm::RmsNorm;
-use crate::scan::SelectiveScanBackend;
+use super::mixer::Mixer;
+use super::norm::RmsNorm;
+use crate::ops::{Matrix, PackedLinear, SelectiveScanBackend, StepDims, StepLayer, StepWeights};
 use crate::state::State;
 
 /// One residual block: `h + mixer(norm(h))`.
-#[derive(Module, Debug)]
-pub struct Block<B: Backend> {
+#[derive(Debug, Clone)]
+pub struct Block<B: SelectiveScanBackend> {
     /// Pre-mixer RMS norm.
     pub norm: RmsNorm<B>,
     /// The Mamba mixer.
@@ -24,19 +23,23 @@ pub struct Block<B: Backend> {
 /// All entry points take the recurrent [`State`] explicitly: a fresh [`FalconMamba::new_state`]
 /// starts a sequence, and passing the state returned by one call into the next continues it, so
 /// a prompt can be fed whole, in chunks or token by token with the same result.
-#[derive(Module, Debug)]
-pub struct FalconMamba<B: Backend> {
-    /// Token embeddings. `[vocab, hidden]`
-    pub embedding: Embedding<B>,
+///
+/// Weight matrices (projections, embedding, lm_head) are kept in the format they were loaded in
+/// ([`WeightFormat`]); everything else is f32. Cloning a model shares its weights.
+#[derive(Debug, Clone)]
+pub struct FalconMamba<B: SelectiveScanBackend> {
+    /// Token embeddings, `[hidden, vocab]`: the layout of lm_head, which shares them when tied.
+    pub embedding: B::Matrix,
     /// The residual blocks.
     pub layers: Vec<Block<B>>,
     /// Final RMS norm.
     pub norm_f: RmsNorm<B>,
-    /// Output projection. `[hidden, vocab]` (with tied embeddings, a copy of them in this layout).
-    pub lm_head: Linear<B>,
+    /// Output projection. `[hidden, vocab]` (with tied embeddings, the embedding matrix itself).
+    pub lm_head: PackedLinear<B>,
     /// The configuration the model was built from.
-    #[module(skip)]
     pub config: FalconMambaConfig,
+    /// Where the weights live.
+    pub(crate) device: B::Device,
 }
 
 impl<B: SelectiveScanBackend> FalconMamba<B> {
@@ -52,7 +55,51 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
 
     /// The device holding the weights.
     pub fn device(&self) -> B::Device {
-        self.embedding.weight.val().device()
+        self.device.clone()
+    }
+
+    /// The format the weight matrices are kept in.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.lm_head.weight.format()
+    }
+
+    /// Bytes of weights a decode step reads: every block's, norm_f's and lm_head's (with tied
+    /// embeddings, the embedding matrix), in their formats. The step reads one column of the
+    /// embedding table besides.
+    pub fn weight_bytes(&self) -> usize {
+        let vector = |t: &Tensor<B, 1>| t.dims()[0] * 4;
+        let linear = |l: &PackedLinear<B>| l.weight.bytes() + l.bias.as_ref().map_or(0, vector);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|b| {
+                let m = &b.mixer;
+                vector(&b.norm.weight)
+                    + linear(&m.in_proj)
+                    + m.conv_weight.dims().iter().product::<usize>() * 4
+                    + m.conv_bias.as_ref().map_or(0, vector)
+                    + linear(&m.x_proj)
+                    + linear(&m.dt_proj)
+                    + vector(&m.dt_bias)
+                    + m.a.dims().iter().product::<usize>() * 4
+                    + vector(&m.d)
+                    + linear(&m.out_proj)
+            })
+            .sum();
+        layers + vector(&self.norm_f.weight) + linear(&self.lm_head)
+    }
+
+    /// The number of parameters (the tied lm_head counted once, as in the checkpoint).
+    pub fn num_params(&self) -> usize {
+        falcon_mamba_core::ModelTensors::new(&self.config)
+            .iter()
+            .map(|t| t.len())
+            .sum()
+    }
+
+    /// Looks up ids `[batch, len]` in the embedding table: `[batch, len, hidden]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        B::embed(ids, &self.embedding)
     }
 
     /// Builds an id tensor `[batch, len]` from rows of equal, non-zero length whose ids are all
@@ -128,7 +175,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         mut after_block: impl FnMut(&Tensor<B, 3>),
     ) -> Result<Tensor<B, 3>> {
         state.check(&self.config, ids.dims()[0])?;
-        let mut h = self.embedding.forward(ids); // [batch, len, hidden]
+        let mut h = self.embed(ids); // [batch, len, hidden]
         for (block, layer_state) in self.layers.iter().zip(&mut state.layers) {
             h = B::pass(|| h.clone() + block.mixer.forward(block.norm.forward(h), layer_state));
             after_block(&h);
@@ -142,12 +189,25 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     /// to 8 rows) run it here; it gives the same logits and state as [`FalconMamba::forward`] on
     /// a one-token chunk.
     pub fn step(&self, ids: Tensor<B, 1, Int>, state: &mut State<B>) -> Result<Tensor<B, 2>> {
-        state.check(&self.config, ids.dims()[0])?;
-        if let Some(logits) = B::fused_step(self, ids.clone(), state) {
+        if let Some(logits) = self.fused_step(ids.clone(), state) {
             return logits;
         }
         let logits = self.forward(ids.unsqueeze_dim(1), state)?; // [batch, 1, vocab]
         Ok(logits.squeeze_dim(1))
+    }
+
+    /// The backend's fused decode step ([`SelectiveScanBackend::fused_step`]) alone: `None` where
+    /// it does not apply (the backend has none, or too many rows), else what [`FalconMamba::step`]
+    /// returns.
+    pub fn fused_step(
+        &self,
+        ids: Tensor<B, 1, Int>,
+        state: &mut State<B>,
+    ) -> Option<Result<Tensor<B, 2>>> {
+        if let Err(e) = state.check(&self.config, ids.dims()[0]) {
+            return Some(Err(e));
+        }
+        B::fused_step(&self.step_weights(), ids, state)
     }
 
     /// Feeds a prompt `[batch, len]` in the given mode, updating `state`, and returns the logits
@@ -176,6 +236,44 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     }
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        B::pass(|| crate::mixer::project(&self.lm_head, hidden))
+        B::pass(|| self.lm_head.forward(hidden))
+    }
+
+    /// The weights as the op layer's fused step reads them.
+    fn step_weights(&self) -> StepWeights<'_, B> {
+        let first = self.layers.first().map(|b| &b.mixer);
+        StepWeights {
+            dims: StepDims {
+                hidden: self.config.hidden_size,
+                channels: self.config.intermediate_size,
+                state: self.config.state_size,
+                rank: self.config.time_step_rank,
+                kernel: self.config.conv_kernel,
+                vocab: self.config.vocab_size,
+                bc_dt_norm_eps: first.and_then(|m| m.bc_dt_norm_eps),
+            },
+            embedding: &self.embedding,
+            layers: self
+                .layers
+                .iter()
+                .map(|b| {
+                    let m = &b.mixer;
+                    StepLayer {
+                        norm: (&b.norm.weight, b.norm.eps),
+                        in_proj: &m.in_proj,
+                        conv_weight: &m.conv_weight,
+                        conv_bias: m.conv_bias.as_ref(),
+                        x_proj: &m.x_proj,
+                        dt_proj: &m.dt_proj,
+                        dt_bias: &m.dt_bias,
+                        a: &m.a,
+                        d: &m.d,
+                        out_proj: &m.out_proj,
+                    }
+                })
+                .collect(),
+            norm_f: (&self.norm_f.weight, self.norm_f.eps),
+            lm_head: &self.lm_head,
+        }
     }
 }

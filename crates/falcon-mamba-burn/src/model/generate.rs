@@ -3,8 +3,8 @@
 use burn::prelude::*;
 use falcon_mamba_core::{DecodeStream, GenerationConfig, Result, Sampler, Tokenizer};
 
-use crate::model::FalconMamba;
-use crate::scan::SelectiveScanBackend;
+use super::falcon_mamba::FalconMamba;
+use crate::ops::SelectiveScanBackend;
 use crate::state::State;
 
 /// New tokens for a batch of prompts, one step per item: `Some(id)` per row, `None` for rows

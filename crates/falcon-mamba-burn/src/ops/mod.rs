@@ -1,22 +1,23 @@
-//! The backend ops: the selective scan and conv (and the projections, whose decode-sized case
-//! some backends serve better than burn's matmul). Model code calls [`SelectiveScanBackend`];
-//! each backend picks an implementation by implementing the trait.
+//! The op layer: what a backend must provide to run a Mamba model, and nothing about the model
+//! itself (DESIGN.md §7). [`SelectiveScanBackend`] names the ops (the selective scan, the conv,
+//! RMS norm, projections through [`PackedLinear`] weights, a fused decode step over
+//! [`StepWeights`]); its provided methods are the tensor-op [`reference`] versions, and each
+//! backend (the CPU one in [`crate::cpu`], the CubeCL ones in [`crate::cube`]) overrides what it
+//! does better.
 //!
 //! Layouts are mamba-ssm's (channel-major, so one (batch, channel) pair reads contiguous time),
 //! the same as the scalar oracle in [`falcon_mamba_core::reference`].
 
-#[cfg(feature = "ndarray")]
-pub mod cpu;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub mod cube;
-#[cfg(feature = "fusion")]
-pub mod fusion;
 pub mod reference;
+pub mod step;
+pub mod weight;
 
 use burn::prelude::*;
-use falcon_mamba_core::Result;
+use falcon_mamba_core::{Result, WeightMatrix};
 
-use crate::{FalconMamba, State};
+use crate::state::State;
+pub use step::{StepDims, StepLayer, StepWeights};
+pub use weight::{Matrix, PackedLinear, TensorMatrix};
 
 /// Inputs of one chunk of the selective scan.
 #[derive(Debug, Clone)]
@@ -46,6 +47,19 @@ pub struct ScanInput<B: Backend> {
 /// The provided methods are the tensor-op [`reference`] implementation, valid on every backend
 /// (Autodiff included); a backend with a fused kernel overrides them.
 pub trait SelectiveScanBackend: Backend {
+    /// How this backend keeps a weight matrix (`[in, out]`, in its [`WeightFormat`]).
+    ///
+    /// [`WeightFormat`]: falcon_mamba_core::WeightFormat
+    type Matrix: Matrix;
+
+    /// Moves a weight matrix onto `device`, keeping its format; a format the backend cannot run
+    /// there is [`falcon_mamba_core::Error::UnsupportedWeightFormat`].
+    fn matrix(weights: WeightMatrix, device: &Self::Device) -> Result<Self::Matrix>;
+
+    /// Embedding lookup: column `id` of `table` (`[hidden, vocab]`) for every id, widened to
+    /// f32. ids `[batch, len]` → `[batch, len, hidden]`.
+    fn embed(ids: Tensor<Self, 2, Int>, table: &Self::Matrix) -> Tensor<Self, 3>;
+
     /// `delta = softplus(delta + delta_bias)`; per time step `s = exp(delta * a) * s + delta * b * x`,
     /// `y = <s, c> + d * x`, `y *= silu(z)`; accumulation in f32.
     ///
@@ -54,17 +68,14 @@ pub trait SelectiveScanBackend: Backend {
         reference::selective_scan(input)
     }
 
-    /// A projection `input @ weight + bias`: input `[batch, len, in]`, weight `[in, out]`.
-    /// It lives here with the scan because it is the other op a backend may need to replace:
-    /// decoding is one matrix-vector product per weight matrix, and burn-ndarray's matmul copies
-    /// the weights on every call.
+    /// A projection `input @ weight + bias`: input `[batch, len, in]`, weight `[in, out]` in its
+    /// format, accumulated in f32. Decoding is one matrix-vector product per weight matrix, the
+    /// whole cost of a step on a CPU, which is why each backend brings its own.
     fn project(
         input: Tensor<Self, 3>,
-        weight: Tensor<Self, 2>,
+        weight: &Self::Matrix,
         bias: Option<Tensor<Self, 1>>,
-    ) -> Tensor<Self, 3> {
-        burn::tensor::module::linear(input, weight, bias)
-    }
+    ) -> Tensor<Self, 3>;
 
     /// RMS normalisation over the last dimension, `x / sqrt(mean(x^2) + eps) * weight` (no weight:
     /// Falcon Mamba's B/C/dt norms). An op of its own because as tensor ops it is seven of them,
@@ -74,7 +85,7 @@ pub trait SelectiveScanBackend: Backend {
         weight: Option<Tensor<Self, 1>>,
         eps: f64,
     ) -> Tensor<Self, D> {
-        crate::norm::rms_norm_reference(x, weight, eps)
+        reference::rms_norm(x, weight, eps)
     }
 
     /// Runs one pass of the model (its ops and kernels). CPU backends override it to run the pass
@@ -85,16 +96,16 @@ pub trait SelectiveScanBackend: Backend {
         pass()
     }
 
-    /// The whole model's decode step (ids `[batch]` → logits `[batch, vocab]`, updating a state
-    /// already checked against the model and batch) as one fused pass, for backends where a
+    /// A whole decode step (ids `[batch]` → logits `[batch, vocab]`, updating a state already
+    /// checked against the weights and batch) as one fused pass over the stacked weights, for backends where a
     /// step's many small ops cost more than its arithmetic. `None` when the backend has no such
     /// pass or it does not apply (e.g. too many rows): the model then runs the step op by op.
     fn fused_step(
-        model: &FalconMamba<Self>,
+        weights: &StepWeights<'_, Self>,
         ids: Tensor<Self, 1, Int>,
         state: &mut State<Self>,
     ) -> Option<Result<Tensor<Self, 2>>> {
-        let _ = (model, ids, state);
+        let _ = (weights, ids, state);
         None
     }
 
@@ -111,81 +122,5 @@ pub trait SelectiveScanBackend: Backend {
         conv_state: Tensor<Self, 3>,
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
         reference::causal_conv1d(x, weight, bias, conv_state)
-    }
-}
-
-#[cfg(feature = "ndarray")]
-impl<E, I, Q> SelectiveScanBackend for burn::backend::NdArray<E, I, Q>
-where
-    E: burn::backend::ndarray::FloatNdArrayElement,
-    I: burn::backend::ndarray::IntNdArrayElement,
-    Q: burn::backend::ndarray::QuantElement,
-    burn::backend::ndarray::NdArrayTensor:
-        From<burn::backend::ndarray::SharedArray<E>> + From<burn::backend::ndarray::SharedArray<I>>,
-{
-    fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        cpu::selective_scan(input)
-    }
-
-    fn project(
-        input: Tensor<Self, 3>,
-        weight: Tensor<Self, 2>,
-        bias: Option<Tensor<Self, 1>>,
-    ) -> Tensor<Self, 3> {
-        crate::matvec::linear(input, weight, bias)
-    }
-
-    fn causal_conv1d(
-        x: Tensor<Self, 3>,
-        weight: Tensor<Self, 2>,
-        bias: Option<Tensor<Self, 1>>,
-        conv_state: Tensor<Self, 3>,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        cpu::causal_conv1d(x, weight, bias, conv_state)
-    }
-
-    fn pass<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
-        rayon::scope(|_| pass())
-    }
-
-    fn fused_step(
-        model: &FalconMamba<Self>,
-        ids: Tensor<Self, 1, Int>,
-        state: &mut State<Self>,
-    ) -> Option<Result<Tensor<Self, 2>>> {
-        crate::decode::step(model, ids, state)
-    }
-
-    fn rms_norm<const D: usize>(
-        x: Tensor<Self, D>,
-        weight: Option<Tensor<Self, 1>>,
-        eps: f64,
-    ) -> Tensor<Self, D> {
-        cpu::rms_norm(x, weight, eps)
-    }
-}
-
-/// burn-wgpu and burn-cuda (burn's `Wgpu` and `Cuda` without its `fusion` feature; with it, they
-/// wrap this backend in `Fusion`, see [`fusion`]) are this backend over different CubeCL
-/// runtimes; one kernel source serves both.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl<R, F, I, BT> SelectiveScanBackend for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
-    fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        cube::selective_scan(input)
-    }
-
-    fn causal_conv1d(
-        x: Tensor<Self, 3>,
-        weight: Tensor<Self, 2>,
-        bias: Option<Tensor<Self, 1>>,
-        conv_state: Tensor<Self, 3>,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        cube::causal_conv1d(x, weight, bias, conv_state)
     }
 }

@@ -11,12 +11,12 @@ use burn::backend::ndarray::NdArrayTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::ScanInput;
+use crate::ops::ScanInput;
 
 /// Channels per task: two AVX2 vectors, a whole 64-byte cache line of each time step's row.
 pub(crate) const LANES: usize = 16;
 
-/// See [`super::SelectiveScanBackend::selective_scan`].
+/// See [`crate::ops::SelectiveScanBackend::selective_scan`].
 pub fn selective_scan<B>(input: ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>)
 where
     B: Backend<FloatTensorPrimitive = NdArrayTensor>,
@@ -75,7 +75,7 @@ where
     (y, s)
 }
 
-/// See [`super::SelectiveScanBackend::causal_conv1d`]. Works time-major, as the mixer lays x out:
+/// See [`crate::ops::SelectiveScanBackend::causal_conv1d`]. Works time-major, as the mixer lays x out:
 /// each output row (one time step, every channel) is `kernel` vectorised multiply-adds of input
 /// rows; rows are split across rayon tasks. The output is returned as a channel-major view of
 /// time-major memory, so the mixer's next projection reads it without a copy.
@@ -155,7 +155,7 @@ where
     (y.swap_dims(1, 2), new_state)
 }
 
-/// See [`super::SelectiveScanBackend::rms_norm`]: one pass per row, the mean of squares summed
+/// See [`crate::ops::SelectiveScanBackend::rms_norm`]: one pass per row, the mean of squares summed
 /// in f64.
 pub fn rms_norm<B, const D: usize>(
     x: Tensor<B, D>,

@@ -17,7 +17,7 @@
 //! 4. Every worker adds the partials to its own copy of the residual stream; after the last layer,
 //!    each multiplies its block of hidden features into partial logits.
 //!
-//! The arithmetic is the op-by-op path's in the same order (blocks split as in [`crate::matvec`],
+//! The arithmetic is the op-by-op path's in the same order (blocks split as in [`super::matvec`],
 //! the same scan, conv and norm code), so both paths give the same bits.
 
 use std::ops::Range;
@@ -25,38 +25,36 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use burn::backend::ndarray::{NdArrayTensor, SharedArray};
-use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use falcon_mamba_core::{Error, Result};
 
-use crate::matvec::{accumulate, block_range, MAX_ROWS};
-use crate::model::FalconMamba;
-use crate::scan::cpu::{rms_norm_row, silu, ScanBuffers, LANES};
-use crate::scan::SelectiveScanBackend;
-use crate::state::LayerState;
-use crate::State;
+use super::matrix::HostMatrix;
+use super::matvec::{block_range, MAX_ROWS};
+use super::scan::{rms_norm_row, silu, ScanBuffers, LANES};
+use crate::ops::{Matrix, PackedLinear, SelectiveScanBackend, StepDims, StepWeights};
+use crate::state::{LayerState, State};
 
 /// See [`SelectiveScanBackend::fused_step`]. `None` (the caller runs the ops) for more than
-/// [`MAX_ROWS`] rows or weights that are not f32 in row-major host memory.
+/// [`MAX_ROWS`] rows or weights that do not match the dimensions.
 pub fn step<B>(
-    model: &FalconMamba<B>,
+    weights: &StepWeights<'_, B>,
     ids: Tensor<B, 1, Int>,
     state: &mut State<B>,
 ) -> Option<Result<Tensor<B, 2>>>
 where
-    B: SelectiveScanBackend + Backend<FloatTensorPrimitive = NdArrayTensor>,
+    B: SelectiveScanBackend<Matrix = HostMatrix> + Backend<FloatTensorPrimitive = NdArrayTensor>,
 {
     let rows = ids.dims()[0];
     if rows == 0 || rows > MAX_ROWS {
         return None;
     }
-    let tensors = Weights::of(model);
-    let weights = tensors.slices()?;
-    let shape = Shape::of(model, rows, &weights)?;
+    let device = ids.device();
+    let tensors = Weights::of(weights);
+    let slices = tensors.slices()?;
+    let shape = Shape::of(&weights.dims, rows, &slices)?;
 
-    let vocab = model.config.vocab_size;
+    let vocab = shape.vocab;
     let mut tokens = Vec::with_capacity(rows);
     for (row, id) in ids.into_data().iter::<i64>().enumerate() {
         match usize::try_from(id) {
@@ -85,7 +83,7 @@ where
         .into_iter()
         .map(|l| (host_array(l.conv), host_array(l.ssm)))
         .unzip();
-    let logits = run(&shape, &weights, &tokens, &mut conv, &mut ssm);
+    let logits = run(&shape, &slices, &tokens, &mut conv, &mut ssm);
     state.layers = conv
         .into_iter()
         .zip(ssm)
@@ -95,13 +93,13 @@ where
         })
         .collect();
     let logits = TensorData::new(logits?, [rows, shape.vocab]);
-    Some(Ok(Tensor::from_data(logits, &model.device())))
+    Some(Ok(Tensor::from_data(logits, &device)))
 }
 
 /// Splits the work among the workers, runs them and adds up the logits, `[rows, vocab]`.
 fn run(
     shape: &Shape,
-    weights: &Weights<&[f32]>,
+    weights: &Weights<'_, &[f32]>,
     tokens: &[usize],
     conv: &mut [SharedArray<f32>],
     ssm: &mut [SharedArray<f32>],
@@ -152,60 +150,54 @@ struct Shape {
 }
 
 impl Shape {
-    /// The model's dimensions, `None` if a weight's size does not match them (the op path then
-    /// runs, and fails as it would).
-    fn of<B: Backend>(model: &FalconMamba<B>, rows: usize, w: &Weights<&[f32]>) -> Option<Self> {
-        let first = model.layers.first()?;
+    /// The work split for these dimensions, `None` if a weight's size does not match them (the
+    /// op path then runs, and fails as it would).
+    fn of(dims: &StepDims, rows: usize, w: &Weights<'_, &[f32]>) -> Option<Self> {
         let shape = Shape {
             rows,
-            hidden: model.config.hidden_size,
-            channels: model.config.intermediate_size,
-            state: model.config.state_size,
-            rank: first.mixer.dt_rank,
-            kernel: model.config.conv_kernel,
-            vocab: model.lm_head.weight.dims()[1],
-            bc_dt_norm_eps: first.mixer.bc_dt_norm_eps,
-            norm_eps: model
-                .layers
-                .iter()
-                .map(|b| b.norm.eps)
-                .chain([model.norm_f.eps])
-                .collect(),
+            hidden: dims.hidden,
+            channels: dims.channels,
+            state: dims.state,
+            rank: dims.rank,
+            kernel: dims.kernel,
+            vocab: dims.vocab,
+            bc_dt_norm_eps: dims.bc_dt_norm_eps,
+            norm_eps: w.norm_eps.clone(),
             workers: rayon::current_num_threads().max(1),
         };
-        let (h, c, n, r, k) = (
+        let (h, c, n, r, k, v) = (
             shape.hidden,
             shape.channels,
             shape.state,
             shape.rank,
             shape.kernel,
+            shape.vocab,
         );
         let x = r + 2 * n;
         let fits = |s: &[f32], len: usize| s.len() == len;
         let fits_opt = |s: Option<&[f32]>, len: usize| s.is_none_or(|s| s.len() == len);
+        let matrix = |m: &HostMatrix, d_in: usize, d_out: usize| {
+            m.d_in() == d_in && m.d_out() == d_out && m.len_matches()
+        };
         let layers_fit = w.layers.iter().all(|l| {
             fits(l.norm, h)
-                && fits(l.in_proj, h * 2 * c)
+                && matrix(l.in_proj, h, 2 * c)
                 && fits_opt(l.in_proj_bias, 2 * c)
                 && fits(l.conv, c * k)
                 && fits_opt(l.conv_bias, c)
-                && fits(l.x_proj, c * x)
+                && matrix(l.x_proj, c, x)
                 && fits_opt(l.x_proj_bias, x)
-                && fits(l.dt_proj, r * c)
+                && matrix(l.dt_proj, r, c)
                 && fits(l.dt_bias, c)
                 && fits(l.a, c * n)
                 && fits(l.d, c)
-                && fits(l.out_proj, c * h)
+                && matrix(l.out_proj, c, h)
                 && fits_opt(l.out_proj_bias, h)
         });
-        let model_fits = fits(w.embedding, model.config.vocab_size * h)
+        let model_fits = matrix(w.embedding, h, v)
             && fits(w.norm_f, h)
-            && fits(w.lm_head, h * shape.vocab)
-            && fits_opt(w.lm_head_bias, shape.vocab)
-            && model
-                .layers
-                .iter()
-                .all(|b| b.mixer.dt_rank == r && b.mixer.bc_dt_norm_eps == shape.bc_dt_norm_eps);
+            && matrix(w.lm_head, h, v)
+            && fits_opt(w.lm_head_bias, v);
         (layers_fit && model_fits && k >= 1).then_some(shape)
     }
 
@@ -220,108 +212,116 @@ impl Shape {
     }
 }
 
-/// The weights a step reads, as tensors (`T` = [`NdArrayTensor`], holding the storage) or as
-/// slices borrowed from them (`T` = `&[f32]`).
-struct Weights<T> {
-    /// `[vocab, hidden]`
-    embedding: T,
-    layers: Vec<LayerWeights<T>>,
+/// The weights a step reads: the matrices in their format, the f32 vectors as tensors (`T` =
+/// [`NdArrayTensor`], holding the storage) or as slices borrowed from them (`T` = `&[f32]`).
+struct Weights<'a, T> {
+    /// `[hidden, vocab]`
+    embedding: &'a HostMatrix,
+    layers: Vec<LayerWeights<'a, T>>,
     /// `[hidden]`
     norm_f: T,
+    /// Epsilon of every block norm, then of norm_f.
+    norm_eps: Vec<f64>,
     /// `[hidden, vocab]`
-    lm_head: T,
+    lm_head: &'a HostMatrix,
     lm_head_bias: Option<T>,
 }
 
-/// One layer's weights; layouts as in [`crate::mixer::Mixer`].
-struct LayerWeights<T> {
+/// One layer's weights; layouts as in [`StepLayer`](crate::ops::StepLayer).
+struct LayerWeights<'a, T> {
     norm: T,
-    in_proj: T,
+    in_proj: &'a HostMatrix,
     in_proj_bias: Option<T>,
     conv: T,
     conv_bias: Option<T>,
-    x_proj: T,
+    x_proj: &'a HostMatrix,
     x_proj_bias: Option<T>,
-    dt_proj: T,
+    dt_proj: &'a HostMatrix,
     dt_bias: T,
     a: T,
     d: T,
-    out_proj: T,
+    out_proj: &'a HostMatrix,
     out_proj_bias: Option<T>,
 }
 
-impl Weights<NdArrayTensor> {
-    fn of<B: Backend<FloatTensorPrimitive = NdArrayTensor>>(model: &FalconMamba<B>) -> Self {
-        let weight = |linear: &Linear<B>| primitive(&linear.weight);
-        let bias = |linear: &Linear<B>| linear.bias.as_ref().map(primitive);
+impl<'a> Weights<'a, NdArrayTensor> {
+    fn of<B>(w: &StepWeights<'a, B>) -> Self
+    where
+        B: SelectiveScanBackend<Matrix = HostMatrix> + Backend<FloatTensorPrimitive = NdArrayTensor>,
+    {
+        let bias = |linear: &PackedLinear<B>| linear.bias.as_ref().map(primitive);
         Weights {
-            embedding: primitive(&model.embedding.weight),
-            layers: model
+            embedding: w.embedding,
+            layers: w
                 .layers
                 .iter()
-                .map(|block| {
-                    let m = &block.mixer;
-                    LayerWeights {
-                        norm: primitive(&block.norm.weight),
-                        in_proj: weight(&m.in_proj),
-                        in_proj_bias: bias(&m.in_proj),
-                        conv: primitive(&m.conv_weight),
-                        conv_bias: m.conv_bias.as_ref().map(primitive),
-                        x_proj: weight(&m.x_proj),
-                        x_proj_bias: bias(&m.x_proj),
-                        dt_proj: weight(&m.dt_proj),
-                        dt_bias: primitive(&m.dt_bias),
-                        a: primitive(&m.a),
-                        d: primitive(&m.d),
-                        out_proj: weight(&m.out_proj),
-                        out_proj_bias: bias(&m.out_proj),
-                    }
+                .map(|l| LayerWeights {
+                    norm: primitive(l.norm.0),
+                    in_proj: &l.in_proj.weight,
+                    in_proj_bias: bias(l.in_proj),
+                    conv: primitive(l.conv_weight),
+                    conv_bias: l.conv_bias.map(primitive),
+                    x_proj: &l.x_proj.weight,
+                    x_proj_bias: bias(l.x_proj),
+                    dt_proj: &l.dt_proj.weight,
+                    dt_bias: primitive(l.dt_bias),
+                    a: primitive(l.a),
+                    d: primitive(l.d),
+                    out_proj: &l.out_proj.weight,
+                    out_proj_bias: bias(l.out_proj),
                 })
                 .collect(),
-            norm_f: primitive(&model.norm_f.weight),
-            lm_head: weight(&model.lm_head),
-            lm_head_bias: bias(&model.lm_head),
+            norm_f: primitive(w.norm_f.0),
+            norm_eps: w
+                .layers
+                .iter()
+                .map(|l| l.norm.1)
+                .chain([w.norm_f.1])
+                .collect(),
+            lm_head: &w.lm_head.weight,
+            lm_head_bias: bias(w.lm_head),
         }
     }
 
-    /// Every weight's values, `None` if one is not an f32 row-major buffer.
-    fn slices(&self) -> Option<Weights<&[f32]>> {
+    /// Every vector's values, `None` if one is not an f32 row-major buffer.
+    fn slices(&self) -> Option<Weights<'a, &[f32]>> {
         let layers = self
             .layers
             .iter()
             .map(|l| {
                 Some(LayerWeights {
                     norm: slice(&l.norm)?,
-                    in_proj: slice(&l.in_proj)?,
+                    in_proj: l.in_proj,
                     in_proj_bias: opt(&l.in_proj_bias)?,
                     conv: slice(&l.conv)?,
                     conv_bias: opt(&l.conv_bias)?,
-                    x_proj: slice(&l.x_proj)?,
+                    x_proj: l.x_proj,
                     x_proj_bias: opt(&l.x_proj_bias)?,
-                    dt_proj: slice(&l.dt_proj)?,
+                    dt_proj: l.dt_proj,
                     dt_bias: slice(&l.dt_bias)?,
                     a: slice(&l.a)?,
                     d: slice(&l.d)?,
-                    out_proj: slice(&l.out_proj)?,
+                    out_proj: l.out_proj,
                     out_proj_bias: opt(&l.out_proj_bias)?,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Weights {
-            embedding: slice(&self.embedding)?,
+            embedding: self.embedding,
             layers,
             norm_f: slice(&self.norm_f)?,
-            lm_head: slice(&self.lm_head)?,
+            norm_eps: self.norm_eps.clone(),
+            lm_head: self.lm_head,
             lm_head_bias: opt(&self.lm_head_bias)?,
         })
     }
 }
 
-fn primitive<B, const D: usize>(param: &Param<Tensor<B, D>>) -> NdArrayTensor
+fn primitive<B, const D: usize>(tensor: &Tensor<B, D>) -> NdArrayTensor
 where
     B: Backend<FloatTensorPrimitive = NdArrayTensor>,
 {
-    param.val().into_primitive().tensor()
+    tensor.clone().into_primitive().tensor()
 }
 
 /// An optional weight's values: `Some(None)` when there is no such weight.
@@ -436,7 +436,7 @@ fn read(buffer: &RwLock<Vec<f32>>) -> std::sync::RwLockReadGuard<'_, Vec<f32>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `Σ_w partials[w][i]`, added in worker order (as [`crate::matvec`] adds its blocks).
+/// `Σ_w partials[w][i]`, added in worker order (as [`super::matvec`] adds its blocks).
 fn sum_at(partials: &[std::sync::RwLockReadGuard<'_, Vec<f32>>], i: usize) -> f32 {
     let mut sum = partials[0][i];
     for p in &partials[1..] {
@@ -449,7 +449,7 @@ fn sum_at(partials: &[std::sync::RwLockReadGuard<'_, Vec<f32>>], i: usize) -> f3
 struct Worker<'a> {
     w: usize,
     shape: &'a Shape,
-    weights: &'a Weights<&'a [f32]>,
+    weights: &'a Weights<'a, &'a [f32]>,
     exchange: &'a Exchange,
     /// Its channels' conv state, `[layer][row]`, each `[channels, kernel - 1]`.
     conv: Vec<Vec<&'a mut [f32]>>,
@@ -479,7 +479,7 @@ impl<'a> Worker<'a> {
     fn new(
         w: usize,
         shape: &'a Shape,
-        weights: &'a Weights<&'a [f32]>,
+        weights: &'a Weights<'a, &'a [f32]>,
         exchange: &'a Exchange,
         conv: Vec<Vec<&'a mut [f32]>>,
         ssm: Vec<Vec<&'a mut [f32]>>,
@@ -512,8 +512,8 @@ impl<'a> Worker<'a> {
         let _poison = PoisonOnPanic(&exchange.barrier);
         let hidden = self.shape.hidden;
         for (row, &id) in tokens.iter().enumerate() {
-            self.h[row * hidden..(row + 1) * hidden]
-                .copy_from_slice(&self.weights.embedding[id * hidden..(id + 1) * hidden]);
+            let h = &mut self.h[row * hidden..(row + 1) * hidden];
+            self.weights.embedding.column(id, h);
         }
         for layer in 0..self.weights.layers.len() {
             self.in_proj(layer);
@@ -534,15 +534,8 @@ impl<'a> Worker<'a> {
         self.normalise(l.norm, self.shape.norm_eps[layer]);
         let mut partial = zeroed(&self.exchange.in_proj[self.w]);
         let inputs = self.hidden.clone();
-        accumulate(
-            &mut partial,
-            &self.normed,
-            l.in_proj,
-            hidden,
-            2 * c,
-            inputs,
-            0..2 * c,
-        );
+        l.in_proj
+            .accumulate(&mut partial, &self.normed, hidden, inputs, 0..2 * c);
     }
 
     /// Phase 2: x and z for this worker's channels, their conv step, and their rows of x_proj.
@@ -567,7 +560,8 @@ impl<'a> Worker<'a> {
         let width = self.shape.rank + 2 * self.shape.state;
         let mut partial = zeroed(&self.exchange.x_proj[self.w]);
         let inputs = self.channels.clone();
-        accumulate(&mut partial, &self.x, l.x_proj, c, width, inputs, 0..width);
+        l.x_proj
+            .accumulate(&mut partial, &self.x, c, inputs, 0..width);
     }
 
     /// Phase 3: dt | B | C (every worker, whole), delta, the scan and out_proj for this worker's
@@ -603,15 +597,8 @@ impl<'a> Worker<'a> {
                 &mut self.delta_part
             };
             target.fill(0.0);
-            accumulate(
-                target,
-                &self.dt_b_c,
-                l.dt_proj,
-                width,
-                c,
-                inputs,
-                own.clone(),
-            );
+            l.dt_proj
+                .accumulate(target, &self.dt_b_c, width, inputs, own.clone());
             if block > 0 {
                 let part = &self.delta_part;
                 self.delta.iter_mut().zip(part).for_each(|(d, p)| *d += p);
@@ -642,7 +629,8 @@ impl<'a> Worker<'a> {
 
         let hidden = self.shape.hidden;
         let mut partial = zeroed(&self.exchange.out_proj[self.w]);
-        accumulate(&mut partial, &self.y, l.out_proj, c, hidden, own, 0..hidden);
+        l.out_proj
+            .accumulate(&mut partial, &self.y, c, own, 0..hidden);
     }
 
     /// Phase 4: the residual stream plus the mixer output.
@@ -663,19 +651,13 @@ impl<'a> Worker<'a> {
         let (hidden, vocab) = (self.shape.hidden, self.shape.vocab);
         let mut partial = zeroed(&self.exchange.logits[self.w]);
         let inputs = self.hidden.clone();
-        accumulate(
-            &mut partial,
-            &self.normed,
-            self.weights.lm_head,
-            hidden,
-            vocab,
-            inputs,
-            0..vocab,
-        );
+        self.weights
+            .lm_head
+            .accumulate(&mut partial, &self.normed, hidden, inputs, 0..vocab);
     }
 
     /// A layer's weights, borrowed from the step rather than from the worker.
-    fn weights_of(&self, layer: usize) -> &'a LayerWeights<&'a [f32]> {
+    fn weights_of(&self, layer: usize) -> &'a LayerWeights<'a, &'a [f32]> {
         &self.weights.layers[layer]
     }
 
@@ -689,7 +671,7 @@ impl<'a> Worker<'a> {
 
 /// One channel's causal conv for one new input `x`, with bias and SiLU, shifting `x` into its
 /// `history` (the `kernel - 1` previous inputs, oldest first). Same order of operations as
-/// [`crate::scan::cpu::causal_conv1d`].
+/// [`super::scan::causal_conv1d`].
 fn conv_step(x: f32, taps: &[f32], bias: f32, history: &mut [f32]) -> f32 {
     let mut out = bias;
     for (w, v) in taps.iter().zip(history.iter().chain([&x])) {

@@ -1,37 +1,35 @@
 //! The Mamba mixer: in_proj → causal conv + SiLU → x_proj → (B/C/dt norms) → dt_proj → selective
 //! scan gated by silu(z) → out_proj (DESIGN.md §2).
 
-use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
 
-use crate::norm::rms;
-use crate::scan::{ScanInput, SelectiveScanBackend};
+use super::norm::rms;
+use crate::ops::{PackedLinear, ScanInput, SelectiveScanBackend};
 use crate::state::LayerState;
 
-/// One layer's mixer. Linear weights are held as `[in, out]` views of the checkpoint's
-/// `[out, in]` matrices.
-#[derive(Module, Debug)]
-pub struct Mixer<B: Backend> {
+/// One layer's mixer. Projections are [`PackedLinear`]s in the model's weight format; the SSM
+/// parameters, conv and biases are f32.
+#[derive(Debug, Clone)]
+pub struct Mixer<B: SelectiveScanBackend> {
     /// hidden → x | z. `[hidden, 2 * channels]`
-    pub in_proj: Linear<B>,
+    pub in_proj: PackedLinear<B>,
     /// Depthwise conv taps. `[channels, kernel]`
-    pub conv_weight: Param<Tensor<B, 2>>,
+    pub conv_weight: Tensor<B, 2>,
     /// Conv bias. `[channels]`
-    pub conv_bias: Option<Param<Tensor<B, 1>>>,
+    pub conv_bias: Option<Tensor<B, 1>>,
     /// channels → dt | B | C. `[channels, rank + 2 * state]`
-    pub x_proj: Linear<B>,
+    pub x_proj: PackedLinear<B>,
     /// rank → channels, without its bias (the scan adds it). `[rank, channels]`
-    pub dt_proj: Linear<B>,
+    pub dt_proj: PackedLinear<B>,
     /// dt_proj's bias, added inside the scan before softplus. `[channels]`
-    pub dt_bias: Param<Tensor<B, 1>>,
+    pub dt_bias: Tensor<B, 1>,
     /// A = -exp(A_log), computed once when the weights are loaded rather than every step.
     /// `[channels, state]`
-    pub a: Param<Tensor<B, 2>>,
+    pub a: Tensor<B, 2>,
     /// Skip connection. `[channels]`
-    pub d: Param<Tensor<B, 1>>,
+    pub d: Tensor<B, 1>,
     /// channels → hidden. `[channels, hidden]`
-    pub out_proj: Linear<B>,
+    pub out_proj: PackedLinear<B>,
     /// Rank R of dt.
     pub dt_rank: usize,
     /// State size N.
@@ -42,7 +40,7 @@ pub struct Mixer<B: Backend> {
 
 /// The mixer's intermediate values, named as in the fixtures (`b1.layer0.*`), all `[batch, len, _]`.
 #[derive(Debug, Clone)]
-pub struct MixerTrace<B: Backend> {
+pub struct MixerTrace<B: SelectiveScanBackend> {
     /// in_proj output, x | z.
     pub in_proj_out: Tensor<B, 3>,
     /// silu(conv(x) + bias).
@@ -71,7 +69,7 @@ impl<B: SelectiveScanBackend> Mixer<B> {
         let channels = self.d.dims()[0];
         let (r, n) = (self.dt_rank, self.state_size);
 
-        let in_proj_out = project(&self.in_proj, hidden); // [batch, len, 2 * channels]
+        let in_proj_out = self.in_proj.forward(hidden); // [batch, len, 2 * channels]
         let x = in_proj_out.clone().narrow(2, 0, channels).swap_dims(1, 2); // [batch, channels, len]
         let z = in_proj_out
             .clone()
@@ -80,13 +78,13 @@ impl<B: SelectiveScanBackend> Mixer<B> {
 
         let (x, conv_state) = B::causal_conv1d(
             x,
-            self.conv_weight.val(),
-            self.conv_bias.as_ref().map(Param::val),
+            self.conv_weight.clone(),
+            self.conv_bias.clone(),
             state.conv.clone(),
         ); // [batch, channels, len]
         let conv_act_out = x.clone().swap_dims(1, 2); // [batch, len, channels]
 
-        let x_proj_out = project(&self.x_proj, conv_act_out.clone()); // [batch, len, r + 2n]
+        let x_proj_out = self.x_proj.forward(conv_act_out.clone()); // [batch, len, r + 2n]
         let mut dt = x_proj_out.clone().narrow(2, 0, r); // [batch, len, r]
         let mut b = x_proj_out.clone().narrow(2, r, n); // [batch, len, n]
         let mut c = x_proj_out.clone().narrow(2, r + n, n); // [batch, len, n]
@@ -95,24 +93,24 @@ impl<B: SelectiveScanBackend> Mixer<B> {
             b = rms(b, eps);
             c = rms(c, eps);
         }
-        let delta = project(&self.dt_proj, dt).swap_dims(1, 2); // [batch, channels, len]
+        let delta = self.dt_proj.forward(dt).swap_dims(1, 2); // [batch, channels, len]
 
         let (y, ssm_state) = B::selective_scan(ScanInput {
             x,
             delta,
-            a: self.a.val(),
+            a: self.a.clone(),
             b: b.swap_dims(1, 2), // [batch, n, len]
             c: c.swap_dims(1, 2), // [batch, n, len]
-            d: self.d.val(),
+            d: self.d.clone(),
             z: Some(z),
-            delta_bias: Some(self.dt_bias.val()),
+            delta_bias: Some(self.dt_bias.clone()),
             state: state.ssm.clone(),
         }); // [batch, channels, len]
         state.conv = conv_state;
         state.ssm = ssm_state;
 
         let gated_y = y.swap_dims(1, 2); // [batch, len, channels]
-        let out_proj_out = project(&self.out_proj, gated_y.clone()); // [batch, len, hidden]
+        let out_proj_out = self.out_proj.forward(gated_y.clone()); // [batch, len, hidden]
         MixerTrace {
             in_proj_out,
             conv_act_out,
@@ -121,16 +119,4 @@ impl<B: SelectiveScanBackend> Mixer<B> {
             out_proj_out,
         }
     }
-}
-
-/// A `Linear` through the backend's [`SelectiveScanBackend::project`].
-pub(crate) fn project<B: SelectiveScanBackend>(
-    linear: &Linear<B>,
-    input: Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    B::project(
-        input,
-        linear.weight.val(),
-        linear.bias.as_ref().map(Param::val),
-    )
 }

@@ -10,13 +10,17 @@
 //! them from global memory. Inputs are read through their strides: the mixer's B and C are
 //! transposed views, and copying them contiguous would cost a launch and a round trip.
 
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+#[cfg(feature = "fusion")]
+pub mod fusion;
+
+use burn::tensor::{Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::{CubeCount, CubeDim};
+use falcon_mamba_core::{Result, WeightMatrix};
 
-use super::ScanInput;
+use crate::ops::{ScanInput, SelectiveScanBackend, TensorMatrix};
 use kernels::{causal_conv1d_kernel, selective_scan_kernel};
 
 /// Units (channels) per cube: two warps on CUDA, a common workgroup size elsewhere.
@@ -258,7 +262,7 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 3]) -> CubeTensor<
     )
 }
 
-/// See [`super::SelectiveScanBackend::selective_scan`].
+/// See [`crate::ops::SelectiveScanBackend::selective_scan`].
 pub fn selective_scan<R, F, I, BT>(input: ScanInput<Cube<R, F, I, BT>>) -> WithState<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -309,7 +313,7 @@ where
     (wrap(y), wrap(state_out))
 }
 
-/// See [`super::SelectiveScanBackend::causal_conv1d`].
+/// See [`crate::ops::SelectiveScanBackend::causal_conv1d`].
 pub fn causal_conv1d<R, F, I, BT>(
     x: Tensor<Cube<R, F, I, BT>, 3>,
     weight: Tensor<Cube<R, F, I, BT>, 2>,
@@ -350,4 +354,48 @@ where
         has_bias,
     );
     (wrap(y), wrap(state_out))
+}
+
+/// burn-wgpu and burn-cuda (burn's `Wgpu` and `Cuda` without its `fusion` feature; with it, they
+/// wrap this backend in `Fusion`, see [`fusion`]) are this backend over different CubeCL
+/// runtimes; one kernel source serves both. Weights are tensors of their own dtype
+/// ([`TensorMatrix`]), widened to f32 a matrix at a time; a dtype the device cannot store (bf16
+/// in WGSL) is a typed error at load.
+impl<R, F, I, BT> SelectiveScanBackend for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    type Matrix = TensorMatrix<Self>;
+
+    fn matrix(weights: WeightMatrix, device: &Self::Device) -> Result<Self::Matrix> {
+        TensorMatrix::new(weights, device)
+    }
+
+    fn embed(ids: Tensor<Self, 2, Int>, table: &Self::Matrix) -> Tensor<Self, 3> {
+        table.embed(ids)
+    }
+
+    fn project(
+        input: Tensor<Self, 3>,
+        weight: &Self::Matrix,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, 3> {
+        weight.project(input, bias)
+    }
+
+    fn selective_scan(input: ScanInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        selective_scan(input)
+    }
+
+    fn causal_conv1d(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        conv_state: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        causal_conv1d(x, weight, bias, conv_state)
+    }
 }

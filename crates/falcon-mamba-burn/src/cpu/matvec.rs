@@ -1,0 +1,122 @@
+//! Projections on the CPU, over [`HostMatrix`] weights in any format. A few rows (decode: one
+//! token per sequence) read the weights where they are, once and front to back, widening them
+//! in registers, which is all a memory-bound matrix-vector product should cost; more rows go to
+//! the blocked matmul burn uses (matrixmultiply's sgemm), the weights widened a panel at a time.
+
+use std::ops::Range;
+
+use burn::backend::ndarray::NdArrayTensor;
+use burn::prelude::*;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+
+use super::matrix::HostMatrix;
+use super::scan::host;
+use crate::ops::Matrix;
+
+/// Above this many rows, the blocked matmul (compute-bound) is the better tool.
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// `input @ weight + bias` with `weight` `[in, out]`; see [`crate::ops::SelectiveScanBackend::project`].
+pub fn linear<B>(input: Tensor<B, 3>, weight: &HostMatrix, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3>
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    let [batch, len, d_in] = input.dims();
+    let d_out = weight.d_out();
+    let rows = batch * len;
+    let device = input.device();
+    let mut y = if rows > MAX_ROWS {
+        matmul(input, weight)
+    } else {
+        let x = host(input); // [rows, d_in]
+        // Each thread streams one contiguous block of weight rows (the hardware prefetcher's
+        // best case: strided column slices reach only ~60% of the read bandwidth here, more
+        // blocks than threads a few % less) into its own partial sums; the partials are added
+        // at the end, in block order.
+        let blocks = rayon::current_num_threads();
+        let partials: Vec<Vec<f32>> = (0..blocks)
+            .into_par_iter()
+            .map(|block| {
+                let mut acc = vec![0.0f32; rows * d_out];
+                let inputs = block_range(d_in, blocks, block);
+                weight.accumulate(&mut acc, &x, d_in, inputs, 0..d_out);
+                acc
+            })
+            .collect(); // each [rows, d_out]
+        let mut partials = partials.into_iter();
+        let mut y = partials.next().unwrap_or_else(|| vec![0.0; rows * d_out]); // [rows, d_out]
+        for p in partials {
+            y.iter_mut().zip(&p).for_each(|(y, p)| *y += p);
+        }
+        y
+    };
+    add_bias(&mut y, bias);
+    Tensor::from_data(TensorData::new(y, [batch, len, d_out]), &device)
+}
+
+/// Weight rows widened per panel of [`matmul`]: a few MB of f32, so a panel stays in cache
+/// while the sgemm reads it.
+const PANEL_VALUES: usize = 1 << 20;
+
+/// [`linear`] for many rows, `[rows, d_out]`: matrixmultiply's sgemm (multi-threaded). f32
+/// weights are read where they are; bf16 and f16 are widened one panel of input rows at a time
+/// (never the whole matrix), each panel's product added to the output.
+fn matmul<B>(input: Tensor<B, 3>, weight: &HostMatrix) -> Vec<f32>
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    let [batch, len, d_in] = input.dims();
+    let (rows, d_out) = (batch * len, weight.d_out());
+    let x = host(input); // [rows, d_in]
+    let Ok(x) = ArrayView2::from_shape((rows, d_in), &x[..]) else {
+        unreachable!("the input holds rows * d_in values")
+    };
+    let mut y = Array2::<f32>::zeros((rows, d_out)); // [rows, d_out]
+    if let Some(w) = weight.as_f32() {
+        let Ok(w) = ArrayView2::from_shape((d_in, d_out), w) else {
+            unreachable!("a matrix's buffer holds d_in * d_out values")
+        };
+        general_mat_mul(1.0, &x, &w, 0.0, &mut y);
+    } else {
+        let panel_rows = (PANEL_VALUES / d_out.max(1)).clamp(16, d_in.max(16));
+        let mut panel = vec![0.0f32; panel_rows.min(d_in) * d_out];
+        for start in (0..d_in).step_by(panel_rows) {
+            let n = panel_rows.min(d_in - start);
+            let panel = &mut panel[..n * d_out];
+            panel
+                .par_chunks_mut(d_out * 16)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let first = start + i * 16;
+                    weight.widen_rows(first..first + chunk.len() / d_out, chunk);
+                });
+            let Ok(w) = ArrayView2::from_shape((n, d_out), &*panel) else {
+                unreachable!("the panel holds n * d_out values")
+            };
+            let x = x.slice(ndarray::s![.., start..start + n]);
+            general_mat_mul(1.0, &x, &w, 1.0, &mut y);
+        }
+    }
+    y.into_raw_vec_and_offset().0
+}
+
+/// Adds `bias` (`[d_out]`) to every row of `y` (`[rows, d_out]`).
+fn add_bias<B>(y: &mut [f32], bias: Option<Tensor<B, 1>>)
+where
+    B: Backend<FloatTensorPrimitive = NdArrayTensor>,
+{
+    if let Some(bias) = bias.map(host) {
+        for row in y.chunks_exact_mut(bias.len().max(1)) {
+            row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
+        }
+    }
+}
+
+/// The `block`-th of `blocks` equal (but the last) contiguous pieces of `0..len`, as the
+/// projections here split their input rows among threads; empty past the end.
+pub(crate) fn block_range(len: usize, blocks: usize, block: usize) -> Range<usize> {
+    let per_block = len.div_ceil(blocks.clamp(1, len.max(1)));
+    (block * per_block).min(len)..((block + 1) * per_block).min(len)
+}
