@@ -12,10 +12,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use falcon_mamba::model::burn::backend::NdArray;
 use falcon_mamba::model::burn::prelude::*;
 use falcon_mamba::model::burn::tensor::Distribution;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-use falcon_mamba::SelectiveScanBackend;
 use falcon_mamba::model::cpu;
 use falcon_mamba::model::ops::{reference, ScanInput};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use falcon_mamba::SelectiveScanBackend;
 
 #[path = "../examples/bench/stream.rs"]
 mod stream;

@@ -207,7 +207,7 @@ impl OnBackend for Bench {
         if wants("bandwidth") {
             eprintln!("measuring read bandwidth ...");
             report.bandwidth = Some(if cli.backend == "cpu" {
-                memory::host_read_bandwidth()
+                memory::host_read_bandwidth(model.weight_bytes())
             } else {
                 device_read_bandwidth::<B>(&device)?
             });

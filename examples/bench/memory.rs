@@ -3,6 +3,10 @@
 
 use std::time::Instant;
 
+use falcon_mamba::core::{WeightFormat, WeightMatrix};
+use falcon_mamba::model::cpu::{HostMatrix, KernelPath};
+use rayon::prelude::*;
+
 /// Resident set size in bytes (`VmRSS`), where the OS reports it, after handing the allocator's
 /// free memory back to the OS: glibc keeps freed buffers in per-thread arenas for reuse, and
 /// without the trim the reading would drift with whichever activations were freed last.
@@ -36,18 +40,55 @@ fn status_kib(field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Host read bandwidth in bytes/s: the median of 10 streaming sums of a 1 GiB buffer on every
-/// core, the bound a memory-bound decode step can reach on the CPU.
-pub fn host_read_bandwidth() -> f64 {
-    let buffer = vec![1.0f32; 1 << 28];
-    let read = || crate::stream::sum(&buffer);
-    std::hint::black_box(read());
-    let seconds = median((0..10).map(|_| {
-        let start = Instant::now();
-        std::hint::black_box(read());
-        start.elapsed().as_secs_f64()
-    }));
-    (buffer.len() * 4) as f64 / seconds
+/// Host read bandwidth in bytes/s over a buffer of `bytes` (at least 64 MiB): the best of 5
+/// reads by each of two probes, whichever is faster. One is a streaming sum with several cursors
+/// per core ([`crate::stream`]); the other is the library's own f32 matrix-vector kernel, the
+/// weight reads of a decode step without the rest of it. A buffer the size of the weights one
+/// token reads sits in the caches exactly as much as those weights do (a 130m model in bf16
+/// fits in a 300 MiB L3), so the bound holds for small models too.
+pub fn host_read_bandwidth(bytes: usize) -> f64 {
+    let len = (bytes.max(64 << 20) / 4).next_multiple_of(COLUMNS);
+    let buffer = vec![1.0f32; len];
+    let sum = best_rate(len * 4, || {
+        std::hint::black_box(crate::stream::sum(&buffer));
+    });
+    drop(buffer);
+    let rows = len / COLUMNS;
+    let matrix = HostMatrix::from(WeightMatrix::from_f32(
+        vec![1.0; len],
+        rows,
+        COLUMNS,
+        WeightFormat::F32,
+    ));
+    let x = vec![1.0f32; rows];
+    let matvec = best_rate(len * 4, || {
+        let threads = rayon::current_num_threads();
+        let per_thread = rows.div_ceil(threads);
+        (0..threads).into_par_iter().for_each(|t| {
+            let inputs = (t * per_thread).min(rows)..((t + 1) * per_thread).min(rows);
+            let mut acc = vec![0.0f32; COLUMNS];
+            matrix.accumulate_on(KernelPath::Detected, &mut acc, &x, rows, inputs, 0..COLUMNS);
+            std::hint::black_box(acc);
+        });
+    });
+    sum.max(matvec)
+}
+
+/// Output columns of the matrix-vector probe: a 16 KiB accumulator row, as a 370m model's
+/// in_proj has.
+const COLUMNS: usize = 4096;
+
+/// Bytes/s of the fastest of 5 runs of `read` (after one to warm up), each reading `bytes`.
+fn best_rate(bytes: usize, read: impl Fn()) -> f64 {
+    read();
+    let fastest = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            read();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    bytes as f64 / fastest
 }
 
 /// The median of some values (the upper one of an even count).

@@ -141,9 +141,7 @@ pub fn load<B: SelectiveScanBackend>(
 /// The examples' `main`: resolve the model, run `job` on the chosen backend, and report any
 /// error as one line on stderr with a failure exit code.
 pub fn run<J: backend::OnBackend>(args: &ModelArgs, job: impl FnOnce(PathBuf) -> J) -> ExitCode {
-    match model_dir(&args.model)
-        .and_then(|dir| backend::on_backend(&args.backend, job(dir)))
-    {
+    match model_dir(&args.model).and_then(|dir| backend::on_backend(&args.backend, job(dir))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use falcon_mamba::core::{Checkpoint, ModelTensors};
-use falcon_mamba::{FalconMamba, FalconMambaConfig, LoadOptions, SelectiveScanBackend, WeightFormat};
+use falcon_mamba::{
+    FalconMamba, FalconMambaConfig, LoadOptions, SelectiveScanBackend, WeightFormat,
+};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -94,7 +96,12 @@ pub fn rounded_copy(dir: &Path, format: WeightFormat) -> PathBuf {
         .collect();
     let views: Vec<(String, TensorView)> = data
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
     out

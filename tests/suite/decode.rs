@@ -6,9 +6,9 @@
 //! detected (AVX2) and portable paths against an f64 reference.
 
 use burn::prelude::*;
+use falcon_mamba::core::WeightMatrix;
 use falcon_mamba::model::cpu::{HostMatrix, KernelPath};
 use falcon_mamba::{Error, FalconMamba, State, WeightFormat};
-use falcon_mamba::core::WeightMatrix;
 
 use crate::common::{device, fixture_dirs, load_in, B};
 
@@ -55,7 +55,8 @@ fn fused_cpu_step_equals_the_op_path_bit_for_bit() {
                     .build()
                     .unwrap();
                 for rows in [1, 3, 8] {
-                    let what = format!("{} {format}, {threads} threads, {rows} rows", dir.display());
+                    let what =
+                        format!("{} {format}, {threads} threads, {rows} rows", dir.display());
                     pool.install(|| {
                         let mut fused = model.new_state(rows);
                         let mut ops = model.new_state(rows);
@@ -101,8 +102,12 @@ fn weight_kernels_match_an_f64_reference_on_both_paths() {
     // Odd sizes: a remainder of input rows past the unrolled four, and of outputs past the
     // 8-lane vectors.
     let (rows, d_in, d_out) = (3, 37, 29);
-    let x: Vec<f32> = (0..rows * d_in).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-    let w: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0).collect();
+    let x: Vec<f32> = (0..rows * d_in)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let w: Vec<f32> = (0..d_in * d_out)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0)
+        .collect();
     let acc: Vec<f32> = (0..rows * d_out).map(|i| i as f32 / 10.0).collect();
     for format in WeightFormat::ALL {
         let matrix = WeightMatrix::from_f32(w.clone(), d_in, d_out, format);

@@ -36,7 +36,10 @@ fn f16_weights_load_and_stay_close_to_f32() {
 fn weights_keep_the_checkpoints_format_unless_asked() {
     let tiny = crate::bad_input::tiny(); // f32
     let bf16 = crate::common::fixture("tiny-bf16");
-    assert_eq!(load_in::<B>(&tiny, WeightFormat::Bf16).weight_format(), WeightFormat::Bf16);
+    assert_eq!(
+        load_in::<B>(&tiny, WeightFormat::Bf16).weight_format(),
+        WeightFormat::Bf16
+    );
     let auto = |dir: &std::path::Path| {
         FalconMamba::<B>::from_pretrained(dir, &device::<B>())
             .unwrap()
@@ -44,7 +47,10 @@ fn weights_keep_the_checkpoints_format_unless_asked() {
     };
     assert_eq!(auto(&tiny), WeightFormat::F32);
     assert_eq!(auto(&bf16), WeightFormat::Bf16);
-    assert_eq!(load_in::<B>(&bf16, WeightFormat::F32).weight_format(), WeightFormat::F32);
+    assert_eq!(
+        load_in::<B>(&bf16, WeightFormat::F32).weight_format(),
+        WeightFormat::F32
+    );
     // Half the bytes of f32 for every matrix; the f32 vectors are the same.
     let f32_bytes = load_in::<B>(&tiny, WeightFormat::F32).weight_bytes();
     let f16_bytes = load_in::<B>(&tiny, WeightFormat::F16).weight_bytes();
@@ -75,7 +81,12 @@ fn bf16_on_wgpu_is_a_typed_error() {
     let options = LoadOptions::default().with_dtype(Some(WeightFormat::Bf16));
     let dir = crate::bad_input::tiny();
     let device = device::<crate::common::Wgpu>();
-    match FalconMamba::<crate::common::Wgpu>::from_pretrained_with(&dir, &device, options, |_, _| {}) {
+    match FalconMamba::<crate::common::Wgpu>::from_pretrained_with(
+        &dir,
+        &device,
+        options,
+        |_, _| {},
+    ) {
         Err(e @ Error::UnsupportedWeightFormat { .. }) => {
             let message = e.to_string();
             assert!(message.contains("bf16"), "{message}");

@@ -70,7 +70,12 @@ enum Kind {
     ConvState,
 }
 
-fn output<B: Backend>(item: impl Into<String>, value: Tensor<B, 3>, reference: String, kind: Kind) -> Output<B> {
+fn output<B: Backend>(
+    item: impl Into<String>,
+    value: Tensor<B, 3>,
+    reference: String,
+    kind: Kind,
+) -> Output<B> {
     Output {
         item: item.into(),
         value,
@@ -85,7 +90,10 @@ impl<B: SelectiveScanBackend> Fixture<B> {
         let model = load_in::<B>(dir, format);
         let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
         let embedding = ModelTensors::new(&config).embedding.name;
-        let stored = Checkpoint::open(dir).unwrap().stored_format(&embedding).unwrap();
+        let stored = Checkpoint::open(dir)
+            .unwrap()
+            .stored_format(&embedding)
+            .unwrap();
         let narrowed = format != WeightFormat::F32 && format != stored;
         let twin = narrowed.then(|| load_in::<B>(&rounded_copy(dir, format), WeightFormat::F32));
         let meta: serde_json::Value = serde_json::from_str(
@@ -174,7 +182,11 @@ pub fn for_each_fixture<B: SelectiveScanBackend>(
     let format = dtype_under_test();
     for dir in fixture_dirs() {
         let fixture = Fixture::load(&dir);
-        let against = if fixture.twin.is_some() { "f32 twin" } else { "transformers" };
+        let against = if fixture.twin.is_some() {
+            "f32 twin"
+        } else {
+            "transformers"
+        };
         for batch in fixture.batches.clone() {
             for (item, diff, tol) in check(&fixture, &batch) {
                 println!(
@@ -207,15 +219,29 @@ fn full_forward_logits_and_hidden_on<B: SelectiveScanBackend>() {
             let mut state = model.new_state(ids.dims()[0]);
             let logits = model.forward(ids, &mut state).unwrap();
             vec![
-                output("logits", logits.select(1, f.positions()), format!("{batch}.logits"), Kind::Logits),
-                output("hidden_final", hidden.select(1, f.positions()), format!("{batch}.hidden_final"), Kind::Scaled),
+                output(
+                    "logits",
+                    logits.select(1, f.positions()),
+                    format!("{batch}.logits"),
+                    Kind::Logits,
+                ),
+                output(
+                    "hidden_final",
+                    hidden.select(1, f.positions()),
+                    format!("{batch}.hidden_final"),
+                    Kind::Scaled,
+                ),
             ]
         });
         let native = format!("{batch}.logits_bf16_native");
         if f.twin.is_none() && f.reference.has(&native) {
             let ids = f.model.input_ids(&f.prompt(batch)).unwrap();
             let mut state = f.model.new_state(ids.dims()[0]);
-            let logits = f.model.forward(ids, &mut state).unwrap().select(1, f.positions());
+            let logits = f
+                .model
+                .forward(ids, &mut state)
+                .unwrap()
+                .select(1, f.positions());
             out.push((
                 "logits_bf16_native".into(),
                 max_abs_diff(logits, f.reference.tensor(&native)),
@@ -246,7 +272,12 @@ fn per_layer_outputs_and_layer0_intermediates_on<B: SelectiveScanBackend>() {
                 .enumerate()
                 .map(|(i, layer)| {
                     let name = format!("{batch}.layer_out.{i}");
-                    output(format!("layer_out.{i}"), layer.select(1, f.positions()), name, Kind::Scaled)
+                    output(
+                        format!("layer_out.{i}"),
+                        layer.select(1, f.positions()),
+                        name,
+                        Kind::Scaled,
+                    )
                 })
                 .collect();
             if intermediates {
@@ -263,7 +294,12 @@ fn per_layer_outputs_and_layer0_intermediates_on<B: SelectiveScanBackend>() {
                     ("out_proj_out", trace.out_proj_out),
                 ];
                 for (name, value) in parts {
-                    out.push(output(format!("layer0.{name}"), value, format!("{batch}.layer0.{name}"), Kind::Scaled));
+                    out.push(output(
+                        format!("layer0.{name}"),
+                        value,
+                        format!("{batch}.layer0.{name}"),
+                        Kind::Scaled,
+                    ));
                 }
             }
             out
@@ -285,9 +321,19 @@ fn state_after_the_prompt_on<B: SelectiveScanBackend>() {
             let mut out = Vec::new();
             for (i, layer) in state.layers.into_iter().enumerate() {
                 let conv = format!("{batch}.cache.conv_state.{i}");
-                out.push(output(format!("conv_state.{i}"), layer.conv, conv, Kind::ConvState));
+                out.push(output(
+                    format!("conv_state.{i}"),
+                    layer.conv,
+                    conv,
+                    Kind::ConvState,
+                ));
                 let ssm = format!("{batch}.cache.ssm_state.{i}");
-                out.push(output(format!("ssm_state.{i}"), layer.ssm, ssm, Kind::Scaled));
+                out.push(output(
+                    format!("ssm_state.{i}"),
+                    layer.ssm,
+                    ssm,
+                    Kind::Scaled,
+                ));
             }
             out
         })
@@ -333,8 +379,18 @@ fn step_decode_and_forced_decode_logits_on<B: SelectiveScanBackend>() {
         f.check(|model| {
             let prompt = f.prompt(batch);
             vec![
-                output("decode_logits", decode_logits(model, &prompt, &generated, decode_steps, true), decode.clone(), Kind::Logits),
-                output("forced_decode_logits", decode_logits(model, &prompt, &forced, forced_steps, false), forced_name.clone(), Kind::Logits),
+                output(
+                    "decode_logits",
+                    decode_logits(model, &prompt, &generated, decode_steps, true),
+                    decode.clone(),
+                    Kind::Logits,
+                ),
+                output(
+                    "forced_decode_logits",
+                    decode_logits(model, &prompt, &forced, forced_steps, false),
+                    forced_name.clone(),
+                    Kind::Logits,
+                ),
             ]
         })
     });
@@ -353,7 +409,12 @@ fn greedy_ids_are_identical_on<B: SelectiveScanBackend>() {
             let steps: Vec<Vec<Option<u32>>> =
                 model.generate(&f.prompt(batch), &config).unwrap().collect();
             (0..reference.len())
-                .map(|r| steps.iter().map(|s| s[r].expect("no eos configured")).collect())
+                .map(|r| {
+                    steps
+                        .iter()
+                        .map(|s| s[r].expect("no eos configured"))
+                        .collect()
+                })
                 .collect()
         };
         let expected = f.twin.as_ref().map_or_else(|| reference.clone(), greedy);

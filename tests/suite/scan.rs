@@ -158,11 +158,7 @@ fn reference_scan_matches_the_scalar_oracle() {
 
 #[test]
 fn cpu_kernel_matches_the_scalar_oracle() {
-    let worst = check_scan::<B>(
-        falcon_mamba::model::cpu::selective_scan,
-        &full_grid(),
-        TOL,
-    );
+    let worst = check_scan::<B>(falcon_mamba::model::cpu::selective_scan, &full_grid(), TOL);
     println!("cpu kernel: worst difference {worst:.2e} (tol {TOL:e})");
 }
 
@@ -185,11 +181,8 @@ fn cube_kernels_match_the_scalar_oracle_on_wgpu() {
         println!("FALCON_MAMBA_SKIP_WGPU=1: wgpu kernels not tested");
         return;
     }
-    let worst = check_scan::<CubeWgpu>(
-        falcon_mamba::model::cube::selective_scan,
-        &full_grid(),
-        TOL,
-    );
+    let worst =
+        check_scan::<CubeWgpu>(falcon_mamba::model::cube::selective_scan, &full_grid(), TOL);
     println!("cube scan on wgpu: worst difference {worst:.2e} (tol {TOL:e})");
     let worst = check_conv::<CubeWgpu>(falcon_mamba::model::cube::causal_conv1d);
     println!("cube conv on wgpu: worst difference {worst:.2e} (tol {CONV_TOL:e})");

@@ -206,8 +206,8 @@ impl WeightFile {
         }
         let mut header = vec![0u8; header_len as usize];
         read_at(&file, &mut header, 8).map_err(|e| Error::io(&path, e))?;
-        let metadata: Metadata = serde_json::from_slice(&header)
-            .map_err(|e| invalid(format!("invalid header: {e}")))?;
+        let metadata: Metadata =
+            serde_json::from_slice(&header).map_err(|e| invalid(format!("invalid header: {e}")))?;
         let data_start = 8 + header_len;
         // Tensors must tile the data section exactly, each as long as its shape and dtype say.
         let tensors = metadata.tensors();
@@ -263,7 +263,11 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     {
         let mut done = 0;
         while done < buf.len() {
-            let n = std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64)?;
+            let n = std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }

@@ -247,7 +247,8 @@ struct LayerWeights<'a, T> {
 impl<'a> Weights<'a, NdArrayTensor> {
     fn of<B>(w: &StepWeights<'a, B>) -> Self
     where
-        B: SelectiveScanBackend<Matrix = HostMatrix> + Backend<FloatTensorPrimitive = NdArrayTensor>,
+        B: SelectiveScanBackend<Matrix = HostMatrix>
+            + Backend<FloatTensorPrimitive = NdArrayTensor>,
     {
         let bias = |linear: &PackedLinear<B>| linear.bias.as_ref().map(primitive);
         Weights {

@@ -379,7 +379,11 @@ mod avx2 {
                     // SAFETY: as above.
                     unsafe {
                         let a = acc.as_mut_ptr().add(j);
-                        let sum = _mm256_fmadd_ps(xb, E::load8(w_row.as_ptr().add(j)), _mm256_loadu_ps(a));
+                        let sum = _mm256_fmadd_ps(
+                            xb,
+                            E::load8(w_row.as_ptr().add(j)),
+                            _mm256_loadu_ps(a),
+                        );
                         _mm256_storeu_ps(a, sum);
                     }
                 }

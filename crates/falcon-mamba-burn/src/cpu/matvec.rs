@@ -19,7 +19,11 @@ use crate::ops::Matrix;
 pub(crate) const MAX_ROWS: usize = 8;
 
 /// `input @ weight + bias` with `weight` `[in, out]`; see [`crate::ops::SelectiveScanBackend::project`].
-pub fn linear<B>(input: Tensor<B, 3>, weight: &HostMatrix, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3>
+pub fn linear<B>(
+    input: Tensor<B, 3>,
+    weight: &HostMatrix,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 3>
 where
     B: Backend<FloatTensorPrimitive = NdArrayTensor>,
 {
@@ -31,10 +35,10 @@ where
         matmul(input, weight)
     } else {
         let x = host(input); // [rows, d_in]
-        // Each thread streams one contiguous block of weight rows (the hardware prefetcher's
-        // best case: strided column slices reach only ~60% of the read bandwidth here, more
-        // blocks than threads a few % less) into its own partial sums; the partials are added
-        // at the end, in block order.
+                             // Each thread streams one contiguous block of weight rows (the hardware prefetcher's
+                             // best case: strided column slices reach only ~60% of the read bandwidth here, more
+                             // blocks than threads a few % less) into its own partial sums; the partials are added
+                             // at the end, in block order.
         let blocks = rayon::current_num_threads();
         let partials: Vec<Vec<f32>> = (0..blocks)
             .into_par_iter()

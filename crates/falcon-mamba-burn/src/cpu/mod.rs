@@ -36,7 +36,10 @@ where
         let hidden = table.d_in();
         let device = ids.device();
         let mut h = vec![0.0f32; batch * len * hidden]; // [batch, len, hidden]
-        for (out, id) in h.chunks_exact_mut(hidden).zip(ids.into_data().iter::<i64>()) {
+        for (out, id) in h
+            .chunks_exact_mut(hidden)
+            .zip(ids.into_data().iter::<i64>())
+        {
             // Ids were checked against the vocabulary by the model; a stray one reads as zeros.
             if let Ok(id) = usize::try_from(id) {
                 if id < table.d_out() {

@@ -108,7 +108,10 @@ impl<S: WeightSource, B: SelectiveScanBackend, P: FnMut(usize, usize)> Builder<'
         let mut values = self.source.values(spec, init)?;
         values.iter_mut().for_each(|v| *v = map(*v));
         self.tick();
-        Ok(Tensor::from_data(TensorData::new(values, shape), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            self.device,
+        ))
     }
 
     fn vector(&mut self, spec: &TensorSpec, init: Init) -> Result<Tensor<B, 1>> {

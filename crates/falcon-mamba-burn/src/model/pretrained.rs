@@ -63,7 +63,13 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
             Some(format) => format,
             None => checkpoint.stored_format(&ModelTensors::new(&config).embedding.name)?,
         };
-        Self::build(config, &mut CheckpointSource(checkpoint), format, device, progress)
+        Self::build(
+            config,
+            &mut CheckpointSource(checkpoint),
+            format,
+            device,
+            progress,
+        )
     }
 }
 

@@ -71,10 +71,7 @@ impl<B: Backend> TensorMatrix<B> {
         let (data, dtype) = match weights.data {
             WeightData::F32(v) => (TensorData::new(v, shape), DType::F32),
             WeightData::Bf16(v) => (
-                TensorData::new(
-                    v.into_iter().map(half::bf16::from_bits).collect(),
-                    shape,
-                ),
+                TensorData::new(v.into_iter().map(half::bf16::from_bits).collect(), shape),
                 DType::BF16,
             ),
             WeightData::F16(v) => (
