@@ -95,3 +95,23 @@ fn bf16_on_wgpu_is_a_typed_error() {
         Ok(_) => panic!("wgpu loaded bf16 weights"),
     }
 }
+
+/// Weights that cannot fit are refused before anything is allocated (a 7B in f32 on a 24 GB
+/// machine; here a model far past any machine's memory, so the test holds everywhere).
+#[test]
+fn weights_too_big_for_memory_are_a_typed_error() {
+    let config = falcon_mamba::FalconMambaConfig::falcon_mamba(65536, 8, 65024).unwrap();
+    let start = std::time::Instant::now();
+    match FalconMamba::<B>::random_in(config, WeightFormat::F32, &device::<B>(), 0) {
+        Err(e @ Error::InsufficientMemory { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("f32") && message.contains("GiB"),
+                "{message}"
+            );
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a 1.2 TB model was built"),
+    }
+    assert!(start.elapsed().as_secs() < 5, "the check came late");
+}

@@ -112,6 +112,16 @@ pub enum Error {
         /// The backend, as burn names it.
         backend: String,
     },
+    /// The model's weights would not fit in the memory the device has available.
+    #[error("the weights need {:.1} GiB in {format}, but only {:.1} GiB of memory is available: choose a smaller weight format (e.g. --dtype bf16) or free memory", *needed as f64 / 1073741824.0, *available as f64 / 1073741824.0)]
+    InsufficientMemory {
+        /// The weight format asked for.
+        format: crate::weights::WeightFormat,
+        /// Bytes the weights need.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
     /// The tokenizer file could not be loaded or used.
     #[error("tokenizer {}: {reason}", path.display())]
     Tokenizer {

@@ -120,6 +120,41 @@ impl ModelTensors {
         }
     }
 
+    /// Bytes the weights take in memory with the matrices (embedding, projections, lm_head) in
+    /// `format` and everything else in f32; `None` on overflow.
+    pub fn weight_bytes(&self, format: crate::WeightFormat) -> Option<u64> {
+        let bytes = |t: &TensorSpec, per: usize| -> Option<u64> {
+            t.shape
+                .iter()
+                .try_fold(per as u64, |acc, &d| acc.checked_mul(d as u64))
+        };
+        let matrix = format.bytes_per_weight();
+        let mut total = bytes(&self.embedding, matrix)?;
+        if let Some(lm_head) = &self.lm_head {
+            total = total.checked_add(bytes(lm_head, matrix)?)?;
+        }
+        total = total.checked_add(bytes(&self.norm_f, 4)?)?;
+        for l in &self.layers {
+            for m in [&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj] {
+                total = total.checked_add(bytes(m, matrix)?)?;
+            }
+            let vectors = [
+                Some(&l.norm),
+                l.in_proj_bias.as_ref(),
+                Some(&l.conv1d),
+                l.conv1d_bias.as_ref(),
+                Some(&l.dt_proj_bias),
+                Some(&l.a_log),
+                Some(&l.d),
+                l.out_proj_bias.as_ref(),
+            ];
+            for v in vectors.into_iter().flatten() {
+                total = total.checked_add(bytes(v, 4)?)?;
+            }
+        }
+        Some(total)
+    }
+
     /// Every tensor, in checkpoint order (embedding, blocks, norm_f, lm_head).
     pub fn iter(&self) -> impl Iterator<Item = &TensorSpec> {
         let layers = self.layers.iter().flat_map(|l| {

@@ -71,6 +71,10 @@ where
         scan::causal_conv1d(x, weight, bias, conv_state)
     }
 
+    fn memory_available(_device: &Self::Device) -> Option<u64> {
+        available_memory()
+    }
+
     fn pass<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
         rayon::scope(|_| pass())
     }
@@ -90,4 +94,18 @@ where
     ) -> Tensor<Self, D> {
         scan::rms_norm(x, weight, eps)
     }
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes (Linux): what the OS can give without swapping.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }

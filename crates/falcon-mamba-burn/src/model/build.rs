@@ -5,7 +5,8 @@
 
 use burn::prelude::*;
 use falcon_mamba_core::{
-    FalconMambaConfig, LayerTensors, ModelTensors, Result, TensorSpec, WeightFormat, WeightMatrix,
+    Error, FalconMambaConfig, LayerTensors, ModelTensors, Result, TensorSpec, WeightFormat,
+    WeightMatrix,
 };
 
 use super::falcon_mamba::{Block, FalconMamba};
@@ -38,7 +39,8 @@ pub(crate) trait WeightSource {
 
 impl<B: SelectiveScanBackend> FalconMamba<B> {
     /// Builds the model `config` describes from `source`, matrices in `format`, calling
-    /// `progress(tensors_done, tensors_total)` after each tensor.
+    /// `progress(tensors_done, tensors_total)` after each tensor. Weights that would not fit in
+    /// the memory the backend reports available are an error before anything is read.
     pub(crate) fn build(
         config: FalconMambaConfig,
         source: &mut impl WeightSource,
@@ -47,6 +49,16 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         let tensors = ModelTensors::new(&config);
+        let needed = tensors.weight_bytes(format).unwrap_or(u64::MAX);
+        if let Some(available) = B::memory_available(device) {
+            if needed > available {
+                return Err(Error::InsufficientMemory {
+                    format,
+                    needed,
+                    available,
+                });
+            }
+        }
         let mut builder = Builder {
             source,
             format,

@@ -88,6 +88,14 @@ pub trait SelectiveScanBackend: Backend {
         reference::rms_norm(x, weight, eps)
     }
 
+    /// Bytes of memory the device can still give to weights, where the backend can tell (the
+    /// CPU: what the OS reports available); `None` where it cannot. Building a model checks that
+    /// its weights fit before reading any.
+    fn memory_available(device: &Self::Device) -> Option<u64> {
+        let _ = device;
+        None
+    }
+
     /// Runs one pass of the model (its ops and kernels). CPU backends override it to run the pass
     /// on a thread of their pool: the kernels' parallel loops then start from a worker instead of
     /// handing work from the caller's thread to the pool and back at every op (~7% of a decode
