@@ -3,7 +3,8 @@
 //! logits and states to the bit, on every fixture model, in every weight format, with thread
 //! pools of 1, 3 and 5 workers and 1, 3 and 8 rows, and a forked state left untouched. The op
 //! path itself is checked against transformers by the parity suite. Also: the weight kernels'
-//! detected (AVX2) and portable paths against an f64 reference.
+//! paths (AVX-512 where the CPU has it, AVX2, portable) against an f64 reference, and AVX2
+//! against AVX-512 to the bit.
 
 use burn::prelude::*;
 use falcon_mamba::core::WeightMatrix;
@@ -114,9 +115,11 @@ fn weight_kernels_match_an_f64_reference_on_both_paths() {
         let widened = matrix.to_f32();
         let host = HostMatrix::from(matrix);
         let expected = reference_accumulate(&acc, &x, &widened, d_in, d_out);
-        for path in [KernelPath::Detected, KernelPath::Portable] {
+        let mut results = Vec::new();
+        for path in [KernelPath::Detected, KernelPath::Avx2, KernelPath::Portable] {
             let mut y = acc.clone();
             host.accumulate_on(path, &mut y, &x, d_in, 0..d_in, 0..d_out);
+            results.push(y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
             let worst = y
                 .iter()
                 .zip(&expected)
@@ -125,6 +128,8 @@ fn weight_kernels_match_an_f64_reference_on_both_paths() {
             // 37 products of magnitude ≤ 2, each rounded once or twice in f32.
             assert!(worst < 1e-5, "{format} {path:?}: relative error {worst:e}");
         }
+        // The vector widths add the same products in the same order.
+        assert_eq!(results[0], results[1], "{format}: AVX-512 and AVX2 differ");
     }
 }
 

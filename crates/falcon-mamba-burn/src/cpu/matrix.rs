@@ -4,9 +4,10 @@
 //!
 //! The routine is an axpy over `[in, out]` rows: every weight row segment is read once, widened
 //! to f32 in registers (bf16 by a 16-bit shift, f16 through F16C) and added, scaled, to every
-//! input row's accumulator. On x86-64 with AVX2 + FMA (+ F16C) it runs on explicit 8-lane
-//! vectors; elsewhere on a portable loop. Both add in the same order, so a path differs from
-//! the other only by FMA's single rounding.
+//! input row's accumulator. On x86-64 with AVX2 + FMA + F16C it runs on explicit 8-lane vectors,
+//! 16-lane where the CPU has AVX-512 (the same bits: every lane adds the same products in the
+//! same order); elsewhere on a portable loop, which differs only by rounding each product
+//! before adding it.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -65,8 +66,10 @@ impl From<WeightMatrix> for HostMatrix {
 /// Which code the kernels run: the best the CPU has, or the portable loop (for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {
-    /// AVX2 + FMA + F16C where the CPU has them, else portable.
+    /// The widest the CPU has: AVX-512, else AVX2 + FMA + F16C, else portable.
     Detected,
+    /// AVX2 + FMA + F16C where the CPU has them (even if it has AVX-512), else portable.
+    Avx2,
     /// Plain Rust, any CPU.
     Portable,
 }
@@ -147,16 +150,33 @@ impl HostMatrix {
             outputs,
         };
         #[cfg(target_arch = "x86_64")]
-        if path == KernelPath::Detected && has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C, checked just above.
-            unsafe {
-                match &self.values {
-                    Values::F32(w) => avx2::accumulate::<avx2::F32, _>(job, w),
-                    Values::Bf16(w) => avx2::accumulate::<avx2::Bf16, _>(job, w),
-                    Values::F16(w) => avx2::accumulate::<avx2::F16, _>(job, w),
-                }
+        {
+            use simd::{cast, Bf16, F16};
+            let isa = match (path, detected_isa()) {
+                (KernelPath::Portable, _) => Isa::Portable,
+                (KernelPath::Avx2, Isa::Avx512) => Isa::Avx2,
+                (_, isa) => isa,
+            };
+            // SAFETY (both arms): `detected_isa` checked that the CPU has the features.
+            match isa {
+                Isa::Avx512 => unsafe {
+                    match &self.values {
+                        Values::F32(w) => simd::accumulate_avx512::<f32>(job, w),
+                        Values::Bf16(w) => simd::accumulate_avx512::<Bf16>(job, cast(w)),
+                        Values::F16(w) => simd::accumulate_avx512::<F16>(job, cast(w)),
+                    }
+                    return;
+                },
+                Isa::Avx2 => unsafe {
+                    match &self.values {
+                        Values::F32(w) => simd::accumulate_avx2::<f32>(job, w),
+                        Values::Bf16(w) => simd::accumulate_avx2::<Bf16>(job, cast(w)),
+                        Values::F16(w) => simd::accumulate_avx2::<F16>(job, cast(w)),
+                    }
+                    return;
+                },
+                Isa::Portable => {}
             }
-            return;
         }
         let _ = path;
         match &self.values {
@@ -191,11 +211,25 @@ fn widen_into<T: Copy>(src: &[T], out: &mut [f32], widen: impl Fn(T) -> f32) {
     out.iter_mut().zip(src).for_each(|(o, &v)| *o = widen(v));
 }
 
+/// The widest vector code the CPU runs.
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma_f16c() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
+#[derive(Clone, Copy)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected_isa() -> Isa {
+    use std::arch::is_x86_feature_detected as has;
+    if !(has!("avx2") && has!("fma") && has!("f16c")) {
+        Isa::Portable
+    } else if has!("avx512f") && has!("avx512bw") {
+        Isa::Avx512
+    } else {
+        Isa::Avx2
+    }
 }
 
 /// The portable accumulate: four weight rows per pass over the accumulators (a quarter of the
@@ -244,37 +278,102 @@ fn portable<T: Copy>(job: Job<'_>, w: &[T], widen: impl Fn(T) -> f32) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    //! The accumulate on 8-lane AVX2 vectors with fused multiply-adds.
+mod simd {
+    //! The accumulate on explicit vectors with fused multiply-adds: 8 lanes (AVX2) or 16
+    //! (AVX-512), one kernel body for both. Each accumulator still adds the weight rows in input
+    //! order with one rounding per row, so both widths give the same bits.
 
     use std::arch::x86_64::*;
 
     use super::Job;
 
-    /// A weight element type: how 8 of them load as 8 f32 lanes, and one as a scalar.
-    pub(super) trait Element: Copy {
+    /// Weight rows per pass over the accumulators: one load and store of each accumulator per
+    /// eight rows, and eight read streams in flight.
+    const ROWS: usize = 8;
+
+    /// How far ahead of the loads each weight row is prefetched, in elements. Short rows (the
+    /// hardware prefetcher loses track of eight streams that end every few KiB) prefetch the
+    /// same place in the next pass's rows instead.
+    const PREFETCH: usize = 512;
+    /// Rows up to this many elements are short.
+    const SHORT_ROW: usize = 2048;
+
+    /// A vector width.
+    pub(super) trait Isa {
+        type V: Copy;
+        const LANES: usize;
+        unsafe fn splat(x: f32) -> Self::V;
+        unsafe fn load(p: *const f32) -> Self::V;
+        unsafe fn store(p: *mut f32, v: Self::V);
+        /// `a * b + c`, one rounding.
+        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    }
+
+    /// A weight element type: how a vector of them loads as f32 lanes, and one as a scalar.
+    pub(super) trait Element<I: Isa>: Copy {
         /// # Safety
-        /// `p` must point at 8 readable elements; the CPU must have AVX2 and F16C.
-        unsafe fn load8(p: *const Self) -> __m256;
+        /// `p` must point at `I::LANES` readable elements; the CPU must have the ISA.
+        unsafe fn load(p: *const Self) -> I::V;
         fn widen(self) -> f32;
     }
 
-    pub(super) type F32 = f32;
-    pub(super) type Bf16 = BfBits;
-    pub(super) type F16 = HalfBits;
+    pub(super) struct Avx2;
+    pub(super) struct Avx512;
+
+    impl Isa for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+    }
+
+    impl Isa for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+    }
 
     /// A bfloat16 bit pattern.
     #[derive(Clone, Copy)]
     #[repr(transparent)]
-    pub(super) struct BfBits(u16);
+    pub(super) struct Bf16(u16);
     /// An IEEE half bit pattern.
     #[derive(Clone, Copy)]
     #[repr(transparent)]
-    pub(super) struct HalfBits(u16);
+    pub(super) struct F16(u16);
 
-    impl Element for f32 {
+    impl Element<Avx2> for f32 {
         #[inline(always)]
-        unsafe fn load8(p: *const Self) -> __m256 {
+        unsafe fn load(p: *const Self) -> __m256 {
             _mm256_loadu_ps(p)
         }
         #[inline(always)]
@@ -283,11 +382,22 @@ mod avx2 {
         }
     }
 
-    impl Element for BfBits {
+    impl Element<Avx512> for f32 {
         #[inline(always)]
-        unsafe fn load8(p: *const Self) -> __m256 {
-            let halves = _mm_loadu_si128(p.cast());
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+        unsafe fn load(p: *const Self) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self
+        }
+    }
+
+    impl Element<Avx2> for Bf16 {
+        #[inline(always)]
+        unsafe fn load(p: *const Self) -> __m256 {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
         }
         #[inline(always)]
         fn widen(self) -> f32 {
@@ -295,10 +405,33 @@ mod avx2 {
         }
     }
 
-    impl Element for HalfBits {
+    impl Element<Avx512> for Bf16 {
         #[inline(always)]
-        unsafe fn load8(p: *const Self) -> __m256 {
+        unsafe fn load(p: *const Self) -> __m512 {
+            let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            super::bf16_to_f32(self.0)
+        }
+    }
+
+    impl Element<Avx2> for F16 {
+        #[inline(always)]
+        unsafe fn load(p: *const Self) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            super::f16_to_f32(self.0)
+        }
+    }
+
+    impl Element<Avx512> for F16 {
+        #[inline(always)]
+        unsafe fn load(p: *const Self) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
         }
         #[inline(always)]
         fn widen(self) -> f32 {
@@ -308,20 +441,35 @@ mod avx2 {
 
     /// Reinterprets the buffer's elements as `E` (same size and layout: `E` is `f32` or a
     /// transparent `u16`).
-    fn cast<T, E>(w: &[T]) -> &[E] {
+    pub(super) fn cast<T, E>(w: &[T]) -> &[E] {
         assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<E>());
         assert_eq!(std::mem::align_of::<T>(), std::mem::align_of::<E>());
         // SAFETY: same size and alignment, asserted above; every bit pattern is valid for both.
         unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) }
     }
 
-    /// See [`super::HostMatrix::accumulate`].
+    /// See [`super::HostMatrix::accumulate`], on 8 lanes.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate<E: Element, T>(job: Job<'_>, w: &[T]) {
-        let w: &[E] = cast(w);
+    pub(super) unsafe fn accumulate_avx2<E: Element<Avx2>>(job: Job<'_>, w: &[E]) {
+        // SAFETY: the caller guarantees the features the body's intrinsics need.
+        unsafe { accumulate::<Avx2, E>(job, w) }
+    }
+
+    /// See [`super::HostMatrix::accumulate`], on 16 lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and BW, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub(super) unsafe fn accumulate_avx512<E: Element<Avx512>>(job: Job<'_>, w: &[E]) {
+        // SAFETY: as above.
+        unsafe { accumulate::<Avx512, E>(job, w) }
+    }
+
+    #[inline(always)]
+    unsafe fn accumulate<I: Isa, E: Element<I>>(job: Job<'_>, w: &[E]) {
         let Job {
             acc,
             x,
@@ -334,57 +482,55 @@ mod avx2 {
         if width == 0 {
             return;
         }
-        let vectors = width / 8 * 8;
+        let vectors = width / I::LANES * I::LANES;
         let row = |i: usize| &w[i * d_out + outputs.start..i * d_out + outputs.end];
+        let ahead = if d_out <= SHORT_ROW {
+            ROWS * d_out
+        } else {
+            PREFETCH
+        };
         let mut i = inputs.start;
-        while i + 4 <= inputs.end {
-            let (w0, w1, w2, w3) = (row(i), row(i + 1), row(i + 2), row(i + 3));
+        while i + ROWS <= inputs.end {
+            let ws: [&[E]; ROWS] = std::array::from_fn(|r| row(i + r));
             for (m, acc) in acc.chunks_exact_mut(width).enumerate() {
-                let xs = &x[m * x_stride + i..m * x_stride + i + 4];
-                let (x0, x1, x2, x3) = (
-                    _mm256_set1_ps(xs[0]),
-                    _mm256_set1_ps(xs[1]),
-                    _mm256_set1_ps(xs[2]),
-                    _mm256_set1_ps(xs[3]),
-                );
-                for j in (0..vectors).step_by(8) {
-                    // SAFETY: j + 8 <= vectors <= width, the length of every row slice and acc.
+                let xs = &x[m * x_stride + i..m * x_stride + i + ROWS];
+                // SAFETY: the ISA's features are enabled by the caller.
+                let xv: [I::V; ROWS] = std::array::from_fn(|r| unsafe { I::splat(xs[r]) });
+                for j in (0..vectors).step_by(I::LANES) {
+                    // SAFETY: j + LANES <= vectors <= width, the length of every row slice and
+                    // of acc.
                     unsafe {
                         let a = acc.as_mut_ptr().add(j);
-                        let mut sum = _mm256_loadu_ps(a);
-                        sum = _mm256_fmadd_ps(x0, E::load8(w0.as_ptr().add(j)), sum);
-                        sum = _mm256_fmadd_ps(x1, E::load8(w1.as_ptr().add(j)), sum);
-                        sum = _mm256_fmadd_ps(x2, E::load8(w2.as_ptr().add(j)), sum);
-                        sum = _mm256_fmadd_ps(x3, E::load8(w3.as_ptr().add(j)), sum);
-                        _mm256_storeu_ps(a, sum);
+                        let mut sum = I::load(a);
+                        for r in 0..ROWS {
+                            let p = ws[r].as_ptr().add(j);
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead).cast());
+                            sum = I::fmadd(xv[r], E::load(p), sum);
+                        }
+                        I::store(a, sum);
                     }
                 }
                 for j in vectors..width {
                     let mut sum = acc[j];
-                    sum = xs[0].mul_add(w0[j].widen(), sum);
-                    sum = xs[1].mul_add(w1[j].widen(), sum);
-                    sum = xs[2].mul_add(w2[j].widen(), sum);
-                    sum = xs[3].mul_add(w3[j].widen(), sum);
+                    for r in 0..ROWS {
+                        sum = xs[r].mul_add(ws[r][j].widen(), sum);
+                    }
                     acc[j] = sum;
                 }
             }
-            i += 4;
+            i += ROWS;
         }
         for i in i..inputs.end {
             let w_row = row(i);
             for (m, acc) in acc.chunks_exact_mut(width).enumerate() {
                 let xv = x[m * x_stride + i];
-                let xb = _mm256_set1_ps(xv);
-                for j in (0..vectors).step_by(8) {
-                    // SAFETY: as above.
-                    unsafe {
+                // SAFETY: as above.
+                unsafe {
+                    let xb = I::splat(xv);
+                    for j in (0..vectors).step_by(I::LANES) {
                         let a = acc.as_mut_ptr().add(j);
-                        let sum = _mm256_fmadd_ps(
-                            xb,
-                            E::load8(w_row.as_ptr().add(j)),
-                            _mm256_loadu_ps(a),
-                        );
-                        _mm256_storeu_ps(a, sum);
+                        let sum = I::fmadd(xb, E::load(w_row.as_ptr().add(j)), I::load(a));
+                        I::store(a, sum);
                     }
                 }
                 for j in vectors..width {
