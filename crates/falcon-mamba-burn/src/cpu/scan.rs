@@ -16,6 +16,9 @@ use crate::ops::ScanInput;
 /// Channels per task: two AVX2 vectors, a whole 64-byte cache line of each time step's row.
 pub(crate) const LANES: usize = 16;
 
+/// State sizes up to this are scanned from stack buffers (Falcon Mamba and Mamba-1 use 16).
+const STACK_STATES: usize = 16;
+
 /// See [`crate::ops::SelectiveScanBackend::selective_scan`].
 pub fn selective_scan<B>(input: ScanInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>)
 where
@@ -343,24 +346,26 @@ impl ScanBuffers<'_> {
         };
         let d = lanes(self.d, d0);
         let bias = lanes(self.bias, d0);
-        let a: Vec<[f32; LANES]> = (0..n_state)
-            .map(|n| {
-                let mut v = [0.0; LANES];
-                for (l, v) in v.iter_mut().enumerate().take(width) {
-                    *v = self.a[(d0 + l) * n_state + n];
-                }
-                v
-            })
-            .collect();
-        let mut s: Vec<[f32; LANES]> = (0..n_state)
-            .map(|n| {
-                let mut v = [0.0; LANES];
-                for (l, v) in v.iter_mut().enumerate().take(width) {
-                    *v = s_out[l * n_state + n];
-                }
-                v
-            })
-            .collect();
+        // A and the state, lane-major: on the stack for the usual state sizes (a decode step
+        // scans thousands of blocks of one time step, where two allocations per block showed).
+        let (mut a_stack, mut s_stack) = (
+            [[0.0f32; LANES]; STACK_STATES],
+            [[0.0f32; LANES]; STACK_STATES],
+        );
+        let (mut a_heap, mut s_heap) = (Vec::new(), Vec::new());
+        let (a, s): (&mut [[f32; LANES]], &mut [[f32; LANES]]) = if n_state <= STACK_STATES {
+            (&mut a_stack[..n_state], &mut s_stack[..n_state])
+        } else {
+            a_heap.resize(n_state, [0.0; LANES]);
+            s_heap.resize(n_state, [0.0; LANES]);
+            (&mut a_heap, &mut s_heap)
+        };
+        for l in 0..width {
+            for n in 0..n_state {
+                a[n][l] = self.a[(d0 + l) * n_state + n];
+                s[n][l] = s_out[l * n_state + n];
+            }
+        }
 
         for t in 0..len {
             let row = (bi * len + t) * channels + d0;
