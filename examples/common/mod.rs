@@ -123,8 +123,8 @@ pub fn load<B: SelectiveScanBackend>(
     let mut shown = 0;
     let progress = |done: usize, total: usize| {
         let seconds = start.elapsed().as_secs();
-        if seconds > shown {
-            shown = seconds;
+        if seconds > shown || (done == total && shown > 0) {
+            shown = seconds.max(1);
             eprint!("\rloading {done}/{total} tensors ({seconds} s)");
             if done == total {
                 eprintln!();

@@ -255,3 +255,54 @@ fn backend_conv_op_on<B: SelectiveScanBackend>() {
     let backend = crate::common::backend_under_test();
     println!("{backend} conv op: worst difference {worst:.2e} (tol {CONV_TOL:e})");
 }
+
+/// A decode step scans one time step with its own loop (states as the vector lanes); it must
+/// give the bits of the lane-major loop that longer chunks take: one scan of 2 steps against
+/// two scans of 1, on the CPU kernel.
+#[test]
+fn one_step_scans_give_the_bits_of_a_longer_scan() {
+    let (batch, channels, state) = (2, 37, 16);
+    let mut rng = Lcg(7);
+    let x = rng.vec(batch * channels * 2, 1.0);
+    let delta = rng.vec(batch * channels * 2, 1.0);
+    let z = rng.vec(batch * channels * 2, 1.0);
+    let a: Vec<f32> = rng
+        .vec(channels * state, 1.0)
+        .iter()
+        .map(|v| -v.abs() - 0.1)
+        .collect();
+    let b = rng.vec(batch * state * 2, 1.0);
+    let c = rng.vec(batch * state * 2, 1.0);
+    let d = rng.vec(channels, 1.0);
+    let bias = rng.vec(channels, 1.0);
+    let s0 = rng.vec(batch * channels * state, 1.0);
+    let input = |t: std::ops::Range<usize>, s: Tensor<B, 3>| {
+        let len = t.len();
+        let seq =
+            |v: &[f32], rows: usize| tensor::<B, 3>(v, [batch, rows, 2]).narrow(2, t.start, len);
+        ScanInput {
+            x: seq(&x, channels),
+            delta: seq(&delta, channels),
+            a: tensor(&a, [channels, state]),
+            b: seq(&b, state),
+            c: seq(&c, state),
+            d: tensor(&d, [channels]),
+            z: Some(seq(&z, channels)),
+            delta_bias: Some(tensor(&bias, [channels])),
+            state: s,
+        }
+    };
+    let bits = |t: Tensor<B, 3>| -> Vec<u32> { values(t).iter().map(|v| v.to_bits()).collect() };
+    let (y, s) = falcon_mamba::model::cpu::selective_scan(input(
+        0..2,
+        tensor(&s0, [batch, channels, state]),
+    ));
+    let (y0, s1) = falcon_mamba::model::cpu::selective_scan(input(
+        0..1,
+        tensor(&s0, [batch, channels, state]),
+    ));
+    let (y1, s2) = falcon_mamba::model::cpu::selective_scan(input(1..2, s1));
+    assert_eq!(bits(y.clone().narrow(2, 0, 1)), bits(y0), "y at step 0");
+    assert_eq!(bits(y.narrow(2, 1, 1)), bits(y1), "y at step 1");
+    assert_eq!(bits(s), bits(s2), "the final state");
+}

@@ -314,6 +314,40 @@ impl ScanBuffers<'_> {
         }
     }
 
+    /// [`ScanBuffers::block_generic`] for one time step (a decode step): channel by channel, the
+    /// states as the vector lanes, so A and the state are read where they are instead of
+    /// transposed to lane-major and back. Every value is computed by the same operations in the
+    /// same order (the sum over states included), so the bits are the lane-major loop's.
+    #[inline(always)]
+    fn step<const FMA: bool>(&self, bi: usize, d0: usize, y_out: &mut [f32], s_out: &mut [f32]) {
+        let (channels, n_state) = (self.channels, self.state);
+        let width = LANES.min(channels - d0);
+        let row = bi * channels + d0; // time step 0 of batch row bi, channel d0
+        let b = &self.b[bi * n_state..(bi + 1) * n_state];
+        let c = &self.c[bi * n_state..(bi + 1) * n_state];
+        for l in 0..width {
+            let ch = d0 + l;
+            let x = self.x[row + l];
+            let delta = softplus::<FMA>(self.delta[row + l] + self.bias[ch]);
+            let delta_x = delta * x;
+            let a = &self.a[ch * n_state..(ch + 1) * n_state];
+            let s = &mut s_out[l * n_state..(l + 1) * n_state];
+            for ((s, a), b) in s.iter_mut().zip(a).zip(b) {
+                let decay = exp::<FMA>(delta * a);
+                *s = madd::<FMA>(decay, *s, delta_x * b);
+            }
+            let mut y = 0.0f32;
+            for (s, c) in s.iter().zip(c) {
+                y = madd::<FMA>(*s, *c, y);
+            }
+            let mut out = madd::<FMA>(self.d[ch], x, y);
+            if let Some(z) = self.z {
+                out *= silu::<FMA>(z[row + l]);
+            }
+            y_out[l] = out;
+        }
+    }
+
     /// The scan of one block; `FMA` selects fused multiply-adds (only where the CPU has them:
     /// elsewhere `mul_add` is a slow library call), `FULL` a block of `LANES` channels.
     #[inline(always)]
@@ -324,6 +358,9 @@ impl ScanBuffers<'_> {
         y_out: &mut [f32],
         s_out: &mut [f32],
     ) {
+        if self.len == 1 {
+            return self.step::<FMA>(bi, d0, y_out, s_out);
+        }
         let (channels, n_state, len) = (self.channels, self.state, self.len);
         let width = if FULL {
             LANES
