@@ -543,19 +543,30 @@ impl<'a> Worker<'a> {
     fn conv_and_x_proj(&mut self, layer: usize) {
         let l = self.weights_of(layer);
         let (c, k) = (self.shape.channels, self.shape.kernel);
+        let own = self.channels.clone();
+        let n = own.len();
         let in_proj: Vec<_> = self.exchange.in_proj.iter().map(read).collect();
-        let own = self.channels.len();
         for row in 0..self.shape.rows {
+            // Whole rows of channels per pass, so each pass vectorises: x and z from the
+            // partials (added in worker order, then the bias, as the op path adds them), the
+            // conv, then SiLU.
+            let x = &mut self.x[row * c + own.start..row * c + own.end];
+            let z = &mut self.z[row * n..(row + 1) * n];
+            sum_into(x, &in_proj, row * 2 * c + own.start);
+            sum_into(z, &in_proj, row * 2 * c + c + own.start);
+            if let Some(bias) = l.in_proj_bias {
+                add(x, &bias[own.clone()]);
+                add(z, &bias[c + own.start..c + own.end]);
+            }
             let history = &mut self.conv[layer][row];
-            for (i, ch) in self.channels.clone().enumerate() {
-                let bias = |at: usize| l.in_proj_bias.map_or(0.0, |b| b[at]);
-                let x = sum_at(&in_proj, row * 2 * c + ch) + bias(ch);
-                self.z[row * own + i] = sum_at(&in_proj, row * 2 * c + c + ch) + bias(c + ch);
+            for (i, x) in x.iter_mut().enumerate() {
+                let ch = own.start + i;
                 let taps = &l.conv[ch * k..(ch + 1) * k];
                 let conv_bias = l.conv_bias.map_or(0.0, |b| b[ch]);
                 let history = &mut history[i * (k - 1)..(i + 1) * (k - 1)];
-                self.x[row * c + ch] = conv_step(x, taps, conv_bias, history);
+                *x = conv_step(*x, taps, conv_bias, history);
             }
+            x.iter_mut().for_each(|v| *v = silu::<false>(*v));
         }
         drop(in_proj);
         let width = self.shape.rank + 2 * self.shape.state;
@@ -670,9 +681,9 @@ impl<'a> Worker<'a> {
     }
 }
 
-/// One channel's causal conv for one new input `x`, with bias and SiLU, shifting `x` into its
-/// `history` (the `kernel - 1` previous inputs, oldest first). Same order of operations as
-/// [`super::scan::causal_conv1d`].
+/// One channel's causal conv for one new input `x`, with bias, before the SiLU, shifting `x`
+/// into its `history` (the `kernel - 1` previous inputs, oldest first). Same order of
+/// operations as [`super::scan::causal_conv1d`].
 fn conv_step(x: f32, taps: &[f32], bias: f32, history: &mut [f32]) -> f32 {
     let mut out = bias;
     for (w, v) in taps.iter().zip(history.iter().chain([&x])) {
@@ -682,7 +693,19 @@ fn conv_step(x: f32, taps: &[f32], bias: f32, history: &mut [f32]) -> f32 {
         history.copy_within(1.., 0);
         history[last] = x;
     }
-    silu::<false>(out)
+    out
+}
+
+/// `out[i] = Σ_w partials[w][start + i]`, added in worker order (as [`sum_at`]).
+fn sum_into(out: &mut [f32], partials: &[std::sync::RwLockReadGuard<'_, Vec<f32>>], start: usize) {
+    out.copy_from_slice(&partials[0][start..start + out.len()]);
+    for p in &partials[1..] {
+        add(out, &p[start..start + out.len()]);
+    }
+}
+
+fn add(out: &mut [f32], values: &[f32]) {
+    out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
 }
 
 /// A barrier for a fixed set of threads that each own a core: they wait by spinning (a
