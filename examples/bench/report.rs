@@ -144,7 +144,8 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "{:.1} M parameters; one decode step reads {:.1} MB of weights.\n",
+            "{:.1} M parameters; one decode step reads {:.1} MB of weights (matrices in the \
+             model's format, the rest f32).\n",
             self.params as f64 / 1e6,
             self.weight_bytes as f64 / 1e6
         );
