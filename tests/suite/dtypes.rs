@@ -71,7 +71,7 @@ fn random_models_take_a_format() {
 }
 
 /// WGSL has no bf16: asking wgpu for bf16 weights is a typed error naming the format and
-/// backend, not garbage.
+/// backend, not garbage; `auto` widens a bf16 checkpoint to f32 there.
 #[cfg(feature = "wgpu")]
 #[test]
 fn bf16_on_wgpu_is_a_typed_error() {
@@ -94,6 +94,10 @@ fn bf16_on_wgpu_is_a_typed_error() {
         Err(e) => panic!("another error: {e}"),
         Ok(_) => panic!("wgpu loaded bf16 weights"),
     }
+    // Asked for nothing, a bf16 checkpoint widens to f32 there (exactly) instead.
+    let bf16 = crate::common::fixture("tiny-bf16");
+    let model = FalconMamba::<crate::common::Wgpu>::from_pretrained(&bf16, &device).unwrap();
+    assert_eq!(model.weight_format(), WeightFormat::F32);
 }
 
 /// Weights that cannot fit are refused before anything is allocated (a 7B in f32 on a 24 GB

@@ -178,6 +178,8 @@ impl HostMatrix {
                 Isa::Portable => {}
             }
         }
+        // Elsewhere there is only the portable path.
+        #[cfg(not(target_arch = "x86_64"))]
         let _ = path;
         match &self.values {
             Values::F32(w) => portable(job, w, |v: f32| v),

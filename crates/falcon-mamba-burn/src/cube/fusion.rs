@@ -10,7 +10,7 @@ use burn_fusion::stream::OperationStreams;
 use burn_fusion::{Fusion, FusionBackend, NoOp};
 use burn_ir::{InitOperationIr, OperationIr};
 
-use falcon_mamba_core::{Result, WeightMatrix};
+use falcon_mamba_core::{Result, WeightFormat, WeightMatrix};
 
 use crate::ops::{ScanInput, SelectiveScanBackend, TensorMatrix};
 
@@ -57,6 +57,10 @@ where
 
     fn matrix(weights: WeightMatrix, device: &Self::Device) -> Result<Self::Matrix> {
         TensorMatrix::new(weights, device)
+    }
+
+    fn supports_weight_format(device: &Self::Device, format: WeightFormat) -> bool {
+        TensorMatrix::<Self>::supports(device, format)
     }
 
     fn embed(ids: Tensor<Self, 2, burn::tensor::Int>, table: &Self::Matrix) -> Tensor<Self, 3> {

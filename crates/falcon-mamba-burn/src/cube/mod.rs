@@ -18,7 +18,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::{CubeCount, CubeDim};
-use falcon_mamba_core::{Result, WeightMatrix};
+use falcon_mamba_core::{Result, WeightFormat, WeightMatrix};
 
 use crate::ops::{ScanInput, SelectiveScanBackend, TensorMatrix};
 use kernels::{causal_conv1d_kernel, selective_scan_kernel};
@@ -372,6 +372,10 @@ where
 
     fn matrix(weights: WeightMatrix, device: &Self::Device) -> Result<Self::Matrix> {
         TensorMatrix::new(weights, device)
+    }
+
+    fn supports_weight_format(device: &Self::Device, format: WeightFormat) -> bool {
+        TensorMatrix::<Self>::supports(device, format)
     }
 
     fn embed(ids: Tensor<Self, 2, Int>, table: &Self::Matrix) -> Tensor<Self, 3> {

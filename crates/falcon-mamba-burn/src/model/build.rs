@@ -48,6 +48,12 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         device: &B::Device,
         progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
+        if !B::supports_weight_format(device, format) {
+            return Err(Error::UnsupportedWeightFormat {
+                format,
+                backend: B::name(device),
+            });
+        }
         let tensors = ModelTensors::new(&config);
         let needed = tensors.weight_bytes(format).unwrap_or(u64::MAX);
         if let Some(available) = B::memory_available(device) {

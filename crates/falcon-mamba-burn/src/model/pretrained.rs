@@ -15,13 +15,15 @@ use crate::ops::SelectiveScanBackend;
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// The format to keep the weight matrices in; `None` (the default): the checkpoint's own.
+    /// The format to keep the weight matrices in; `None` (the default): the checkpoint's own, or
+    /// f32 where the backend cannot hold that one (bf16 on wgpu).
     pub dtype: Option<WeightFormat>,
 }
 
 impl LoadOptions {
-    /// Keeps the weight matrices in `dtype` (`None`: the checkpoint's own format). Narrowing
-    /// (f32 → bf16/f16) rounds to nearest even; widening is exact.
+    /// Keeps the weight matrices in `dtype` (`None`: the checkpoint's own format, or f32 where
+    /// the backend cannot hold it). Narrowing (f32 → bf16/f16) rounds to nearest even; widening
+    /// is exact. A format the backend cannot hold is [`falcon_mamba_core::Error::UnsupportedWeightFormat`].
     pub fn with_dtype(mut self, dtype: Option<WeightFormat>) -> Self {
         self.dtype = dtype;
         self
@@ -61,7 +63,16 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         checkpoint.check(&config)?;
         let format = match options.dtype {
             Some(format) => format,
-            None => checkpoint.stored_format(&ModelTensors::new(&config).embedding.name)?,
+            None => {
+                let stored =
+                    checkpoint.stored_format(&ModelTensors::new(&config).embedding.name)?;
+                // A format the device cannot hold (bf16 on wgpu) widens to f32, exactly.
+                if B::supports_weight_format(device, stored) {
+                    stored
+                } else {
+                    WeightFormat::F32
+                }
+            }
         };
         Self::build(
             config,

@@ -13,7 +13,7 @@ pub mod step;
 pub mod weight;
 
 use burn::prelude::*;
-use falcon_mamba_core::{Result, WeightMatrix};
+use falcon_mamba_core::{Result, WeightFormat, WeightMatrix};
 
 use crate::state::State;
 pub use step::{StepDims, StepLayer, StepWeights};
@@ -55,6 +55,12 @@ pub trait SelectiveScanBackend: Backend {
     /// Moves a weight matrix onto `device`, keeping its format; a format the backend cannot run
     /// there is [`falcon_mamba_core::Error::UnsupportedWeightFormat`].
     fn matrix(weights: WeightMatrix, device: &Self::Device) -> Result<Self::Matrix>;
+
+    /// Whether [`SelectiveScanBackend::matrix`] takes weights in `format` on `device`.
+    fn supports_weight_format(device: &Self::Device, format: WeightFormat) -> bool {
+        let _ = (device, format);
+        true
+    }
 
     /// Embedding lookup: column `id` of `table` (`[hidden, vocab]`) for every id, widened to
     /// f32. ids `[batch, len]` → `[batch, len, hidden]`.

@@ -68,6 +68,12 @@ impl<B: Backend> TensorMatrix<B> {
     pub fn new(weights: WeightMatrix, device: &B::Device) -> Result<Self> {
         let format = weights.format();
         let shape = [weights.d_in, weights.d_out];
+        if !Self::supports(device, format) {
+            return Err(Error::UnsupportedWeightFormat {
+                format,
+                backend: B::name(device),
+            });
+        }
         let (data, dtype) = match weights.data {
             WeightData::F32(v) => (TensorData::new(v, shape), DType::F32),
             WeightData::Bf16(v) => (
@@ -79,18 +85,22 @@ impl<B: Backend> TensorMatrix<B> {
                 DType::F16,
             ),
         };
-        let usage = B::dtype_usage(device, dtype);
-        if !(usage.contains(DTypeUsage::Storage) && usage.contains(DTypeUsage::Arithmetic)) {
-            return Err(Error::UnsupportedWeightFormat {
-                format,
-                backend: B::name(device),
-            });
-        }
         let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype);
         Ok(TensorMatrix {
             tensor: Tensor::from_data(data, options),
             format,
         })
+    }
+
+    /// Whether the device can store weights in `format` and convert them to f32.
+    pub fn supports(device: &B::Device, format: WeightFormat) -> bool {
+        let dtype = match format {
+            WeightFormat::F32 => DType::F32,
+            WeightFormat::Bf16 => DType::BF16,
+            WeightFormat::F16 => DType::F16,
+        };
+        let usage = B::dtype_usage(device, dtype);
+        usage.contains(DTypeUsage::Storage) && usage.contains(DTypeUsage::Arithmetic)
     }
 
     /// The matrix widened to f32 (the tensor itself when it already is).
