@@ -116,10 +116,12 @@ def main():
     with open(os.path.join(args.out, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
     h, layers, d, tied = SHAPES[args.shape]
+    # time_step_rank spelled out ("auto" is ceil(hidden / 16)): llama.cpp's converter copies the
+    # field into the GGUF as it is and fails on the string.
     config = {
         "architectures": ["FalconMambaForCausalLM"], "model_type": "falcon_mamba",
         "hidden_size": h, "num_hidden_layers": layers, "intermediate_size": d, "expand": 16 if args.shape == "7b" else 2,
-        "state_size": N, "conv_kernel": K, "time_step_rank": 256 if args.shape == "7b" else "auto",
+        "state_size": N, "conv_kernel": K, "time_step_rank": 256 if args.shape == "7b" else math.ceil(h / 16),
         "vocab_size": VOCAB, "layer_norm_epsilon": 1e-5, "use_bias": False, "use_conv_bias": True,
         "tie_word_embeddings": tied, "residual_in_fp32": True, "bos_token_id": 0, "eos_token_id": 11,
         "pad_token_id": 11, "torch_dtype": {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[args.dtype],
