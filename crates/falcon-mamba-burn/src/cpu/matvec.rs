@@ -8,7 +8,7 @@ use std::ops::Range;
 use burn::backend::ndarray::NdArrayTensor;
 use burn::prelude::*;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array3, ArrayView2, Axis, Ix3};
 use rayon::prelude::*;
 
 use super::matrix::HostMatrix;
@@ -64,25 +64,43 @@ where
 /// while the sgemm reads it.
 const PANEL_VALUES: usize = 1 << 20;
 
-/// [`linear`] for many rows, `[rows, d_out]`: matrixmultiply's sgemm (multi-threaded). f32
-/// weights are read where they are; bf16 and f16 are widened one panel of input rows at a time
-/// (never the whole matrix), each panel's product added to the output.
+/// [`linear`] for many rows, `[rows, d_out]`: matrixmultiply's sgemm (multi-threaded) on the
+/// input's view, whatever its strides (the mixer's channel-major scan output is a transposed
+/// view; the sgemm packs its operands anyway, a copy would be a second pass). f32 weights are
+/// read where they are; bf16 and f16 are widened one panel of input rows at a time (never the
+/// whole matrix), each panel's product added to the output.
 fn matmul<B>(input: Tensor<B, 3>, weight: &HostMatrix) -> Vec<f32>
 where
     B: Backend<FloatTensorPrimitive = NdArrayTensor>,
 {
     let [batch, len, d_in] = input.dims();
-    let (rows, d_out) = (batch * len, weight.d_out());
-    let x = host(input); // [rows, d_in]
-    let Ok(x) = ArrayView2::from_shape((rows, d_in), &x[..]) else {
-        unreachable!("the input holds rows * d_in values")
+    let d_out = weight.d_out();
+    let storage = match input.clone().into_primitive().tensor() {
+        NdArrayTensor::F32(storage) => storage,
+        // Another float type: its values as f32, row-major.
+        _ => {
+            let x = host(input);
+            let storage = ndarray::ArrayD::from_shape_vec(vec![batch, len, d_in], x)
+                .unwrap_or_else(|_| unreachable!("the input holds batch * len * d_in values"));
+            storage.into_shared().into()
+        }
     };
-    let mut y = Array2::<f32>::zeros((rows, d_out)); // [rows, d_out]
+    let view = storage.view();
+    let Ok(x) = view.into_dimensionality::<Ix3>() else {
+        unreachable!("a tensor of rank 3 has a view of rank 3")
+    }; // [batch, len, d_in]
+    let mut y = Array3::<f32>::zeros((batch, len, d_out)); // [batch, len, d_out]
+    let mut gemm = |w: ArrayView2<'_, f32>, inputs: std::ops::Range<usize>, beta: f32| {
+        for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
+            let x = x.slice(ndarray::s![.., inputs.clone()]);
+            general_mat_mul(1.0, &x, &w, beta, &mut y);
+        }
+    };
     if let Some(w) = weight.as_f32() {
         let Ok(w) = ArrayView2::from_shape((d_in, d_out), w) else {
             unreachable!("a matrix's buffer holds d_in * d_out values")
         };
-        general_mat_mul(1.0, &x, &w, 0.0, &mut y);
+        gemm(w, 0..d_in, 0.0);
     } else {
         let panel_rows = (PANEL_VALUES / d_out.max(1)).clamp(16, d_in.max(16));
         let mut panel = vec![0.0f32; panel_rows.min(d_in) * d_out];
@@ -99,8 +117,7 @@ where
             let Ok(w) = ArrayView2::from_shape((n, d_out), &*panel) else {
                 unreachable!("the panel holds n * d_out values")
             };
-            let x = x.slice(ndarray::s![.., start..start + n]);
-            general_mat_mul(1.0, &x, &w, 1.0, &mut y);
+            gemm(w, start..start + n, 1.0);
         }
     }
     y.into_raw_vec_and_offset().0
