@@ -71,8 +71,11 @@ pub fn load_in<B: SelectiveScanBackend>(dir: &Path, format: WeightFormat) -> Fal
 /// matrices went through `format` and back to f32: what a model loaded from `dir` in `format`
 /// computes with, for an f32 model to run as its reference.
 pub fn rounded_copy(dir: &Path, format: WeightFormat) -> PathBuf {
+    // Tests run in parallel and may round the same fixture: each call gets its own folder.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = dir.file_name().unwrap().to_string_lossy();
-    let out = scratch_dir(&format!("rounded-{format}-{name}"));
+    let out = scratch_dir(&format!("rounded-{format}-{name}-{call}"));
     std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
     let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
     let checkpoint = Checkpoint::open(dir).unwrap();

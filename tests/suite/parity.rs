@@ -95,7 +95,12 @@ impl<B: SelectiveScanBackend> Fixture<B> {
             .stored_format(&embedding)
             .unwrap();
         let narrowed = format != WeightFormat::F32 && format != stored;
-        let twin = narrowed.then(|| load_in::<B>(&rounded_copy(dir, format), WeightFormat::F32));
+        let twin = narrowed.then(|| {
+            let copy = rounded_copy(dir, format);
+            let twin = load_in::<B>(&copy, WeightFormat::F32);
+            let _ = std::fs::remove_dir_all(&copy);
+            twin
+        });
         let meta: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"),
         )
