@@ -3,7 +3,7 @@
 //! are read with positioned reads, one at a time: nothing stays resident but what the caller
 //! keeps, and a file truncated while open is an I/O error rather than a fault.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,9 @@ use serde::Deserialize;
 
 use crate::config::FalconMambaConfig;
 use crate::error::{Error, Result};
-use crate::tensors::expected_tensors;
+use crate::bnb::{self, Bnb4Matrix};
+use crate::quant;
+use crate::tensors::ModelTensors;
 use crate::weights::{WeightFormat, WeightMatrix};
 
 const SINGLE_FILE: &str = "model.safetensors";
@@ -114,25 +116,22 @@ impl Checkpoint {
         self.locations.contains_key(name)
     }
 
-    /// Checks that every tensor `config` requires is present with the right shape and a float dtype.
+    /// Checks that every tensor `config` requires is present with the right shape and dtype: a
+    /// float tensor, or for a weight matrix also Q8_0/Q4_0 blocks or bitsandbytes 4-bit (whose
+    /// quantisation state is checked too). Reads nothing but quantisation states.
     pub fn check(&self, config: &FalconMambaConfig) -> Result<()> {
-        for spec in expected_tensors(config) {
+        let tensors = ModelTensors::new(config);
+        let matrices: HashSet<&str> = tensors.matrices().map(|t| t.name.as_str()).collect();
+        for spec in tensors.iter() {
+            if matrices.contains(spec.name.as_str()) {
+                self.matrix_storage(&spec.name, spec.shape[0], spec.shape[1])?;
+                continue;
+            }
             let (file, info) = self.locate(&spec.name)?;
             if info.shape != spec.shape {
-                return Err(Error::ShapeMismatch {
-                    name: spec.name,
-                    path: file.path.clone(),
-                    expected: spec.shape,
-                    actual: info.shape.clone(),
-                });
+                return Err(shape_mismatch(file, &spec.name, &spec.shape, &info.shape));
             }
-            if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-                return Err(Error::UnsupportedDtype {
-                    name: spec.name,
-                    path: file.path.clone(),
-                    dtype: format!("{:?}", info.dtype),
-                });
-            }
+            float_format(file, &spec.name, info)?;
         }
         Ok(())
     }
@@ -151,29 +150,179 @@ impl Checkpoint {
         Ok((values.to_f32(), shape))
     }
 
-    /// Reads a 2-d float tensor `[out, in]` as a [`WeightMatrix`] in `format` (transposed to the
-    /// library's `[in, out]` layout). Only the tensor's own bytes and the result are held.
-    pub fn read_matrix(&self, name: &str, format: WeightFormat) -> Result<WeightMatrix> {
+    /// Reads the weight matrix `name`, `[d_out, d_in]` in PyTorch's layout, as a [`WeightMatrix`]
+    /// in `format` (`None`: as stored). Only the tensor's own bytes and the result are held.
+    pub fn read_matrix(
+        &self,
+        name: &str,
+        d_out: usize,
+        d_in: usize,
+        format: Option<WeightFormat>,
+    ) -> Result<WeightMatrix> {
+        let stored = self.matrix_storage(name, d_out, d_in)?;
+        let format = format.unwrap_or(stored);
         let (file, info) = self.locate(name)?;
-        let stored = float_format(file, name, info)?;
-        let &[d_out, d_in] = info.shape.as_slice() else {
-            return Err(Error::ShapeMismatch {
-                name: name.into(),
-                path: file.path.clone(),
-                expected: vec![0, 0],
-                actual: info.shape.clone(),
-            });
-        };
         let bytes = file.read(info)?;
-        Ok(WeightMatrix::from_torch_bytes(
-            &bytes, stored, d_out, d_in, format,
-        ))
+        Ok(match stored {
+            WeightFormat::Bnb4 => WeightMatrix::from_bnb(self.read_bnb(name, bytes, d_out, d_in)?, format),
+            WeightFormat::Q8 | WeightFormat::Q4 => {
+                let block = stored.block_format().unwrap_or_else(|| unreachable!("a block format"));
+                WeightMatrix::from_blocks(bytes, block, d_out, d_in, format)
+            }
+            _ => WeightMatrix::from_torch_bytes(&bytes, stored, d_out, d_in, format),
+        })
     }
 
-    /// The format a float tensor is stored in.
-    pub fn stored_format(&self, name: &str) -> Result<WeightFormat> {
+    /// The format the weight matrix `name` (`[d_out, d_in]`) is stored in, after checking its
+    /// shape (and, for bitsandbytes, its quantisation state) against those dimensions.
+    pub fn matrix_storage(&self, name: &str, d_out: usize, d_in: usize) -> Result<WeightFormat> {
         let (file, info) = self.locate(name)?;
-        float_format(file, name, info)
+        if info.dtype != Dtype::U8 {
+            if info.shape != [d_out, d_in] {
+                return Err(shape_mismatch(file, name, &[d_out, d_in], &info.shape));
+            }
+            return float_format(file, name, info);
+        }
+        if self.contains(&format!("{name}{}", bnb::ABSMAX)) {
+            self.check_bnb(name, d_out, d_in)?;
+            return Ok(WeightFormat::Bnb4);
+        }
+        for format in [WeightFormat::Q8, WeightFormat::Q4] {
+            let Some(block) = format.block_format() else {
+                continue;
+            };
+            if d_in % quant::BLOCK == 0 && info.shape == [d_out, block.row_bytes(d_in)] {
+                return Ok(format);
+            }
+        }
+        Err(Error::InvalidQuantization {
+            name: name.into(),
+            path: file.path.clone(),
+            reason: format!(
+                "u8 tensor of shape {:?} is neither Q8_0 nor Q4_0 rows of a [{d_out}, {d_in}] matrix, nor bitsandbytes 4-bit (no `{name}{}`)",
+                info.shape,
+                bnb::ABSMAX
+            ),
+        })
+    }
+
+    /// The quant state of bitsandbytes weight `name`, with the name of its tensor.
+    fn bnb_state(&self, name: &str) -> Result<(String, bnb::QuantState)> {
+        let prefix = format!("{name}{}", bnb::QUANT_STATE);
+        let state_name = self
+            .locations
+            .keys()
+            .find(|k| k.starts_with(&prefix))
+            .cloned()
+            .ok_or_else(|| Error::MissingTensor {
+                name: format!("{prefix}nf4"),
+                dir: self.dir.clone(),
+            })?;
+        let (file, info) = self.locate(&state_name)?;
+        let invalid = |reason: String| Error::InvalidQuantization {
+            name: state_name.clone(),
+            path: file.path.clone(),
+            reason,
+        };
+        if info.dtype != Dtype::U8 || info.data_offsets.1 - info.data_offsets.0 > 1 << 16 {
+            return Err(invalid(format!(
+                "expected the u8 bytes of a JSON object, found {:?} {:?}",
+                info.dtype, info.shape
+            )));
+        }
+        let state = bnb::QuantState::parse(&file.read(info)?).map_err(invalid)?;
+        let suffix = &state_name[prefix.len()..];
+        if suffix != state.quant_type {
+            return Err(invalid(format!(
+                "the tensor name says {suffix}, the state says quant_type {}",
+                state.quant_type
+            )));
+        }
+        Ok((state_name, state))
+    }
+
+    /// Checks a bitsandbytes weight's tensors against each other and `[d_out, d_in]` from
+    /// their headers and quant state alone.
+    fn check_bnb(&self, name: &str, d_out: usize, d_in: usize) -> Result<()> {
+        let (state_name, state) = self.bnb_state(name)?;
+        let n = d_out * d_in;
+        let (file, _) = self.locate(&state_name)?;
+        let invalid = |tensor: &str, reason: String| Error::InvalidQuantization {
+            name: tensor.into(),
+            path: file.path.clone(),
+            reason,
+        };
+        if state.shape != [d_out, d_in] {
+            return Err(invalid(
+                &state_name,
+                format!(
+                    "quant_state shape {:?} disagrees with the config's [{d_out}, {d_in}]",
+                    state.shape
+                ),
+            ));
+        }
+        let len = |tensor: &str| -> Result<(usize, Dtype)> {
+            let (_, info) = self.locate(tensor)?;
+            Ok((info.shape.iter().product(), info.dtype))
+        };
+        let expect = |tensor: String, want: usize, dtype: Dtype| -> Result<()> {
+            let (got, got_dtype) = len(&tensor)?;
+            if got != want || got_dtype != dtype {
+                return Err(invalid(
+                    &tensor,
+                    format!("has {got} {got_dtype:?} values, expected {want} {dtype:?}"),
+                ));
+            }
+            Ok(())
+        };
+        expect(name.into(), n.div_ceil(2), Dtype::U8)?;
+        let blocks = n.div_ceil(state.blocksize);
+        expect(format!("{name}{}", bnb::QUANT_MAP), 16, Dtype::F32)?;
+        match state.nested {
+            None => expect(format!("{name}{}", bnb::ABSMAX), blocks, Dtype::F32),
+            Some((nested_block, _)) => {
+                expect(format!("{name}{}", bnb::ABSMAX), blocks, Dtype::U8)?;
+                expect(format!("{name}{}", bnb::NESTED_QUANT_MAP), 256, Dtype::F32)?;
+                expect(
+                    format!("{name}{}", bnb::NESTED_ABSMAX),
+                    blocks.div_ceil(nested_block),
+                    Dtype::F32,
+                )
+            }
+        }
+    }
+
+    /// Reads bitsandbytes weight `name`'s companions around its `codes`.
+    fn read_bnb(&self, name: &str, codes: Vec<u8>, d_out: usize, d_in: usize) -> Result<Bnb4Matrix> {
+        let (state_name, state) = self.bnb_state(name)?;
+        let f32s = |suffix: &str| self.read_f32(&format!("{name}{suffix}")).map(|(v, _)| v);
+        let absmax_name = format!("{name}{}", bnb::ABSMAX);
+        let (absmax, nested) = match state.nested {
+            None => (bnb::Absmax::F32(f32s(bnb::ABSMAX)?), None),
+            Some(_) => {
+                let (file, info) = self.locate(&absmax_name)?;
+                let codes = file.read(info)?;
+                let nested = (f32s(bnb::NESTED_ABSMAX)?, f32s(bnb::NESTED_QUANT_MAP)?);
+                (bnb::Absmax::Codes(codes), Some(nested))
+            }
+        };
+        let parts = bnb::Bnb4Parts {
+            codes,
+            absmax,
+            quant_map: f32s(bnb::QUANT_MAP)?,
+            nested,
+            state,
+        };
+        Bnb4Matrix::new(parts, d_out, d_in).map_err(|reason| {
+            let (file, _) = self
+                .locate(&state_name)
+                .unwrap_or_else(|_| unreachable!("located above"));
+            Error::InvalidQuantization {
+                name: name.into(),
+                path: file.path.clone(),
+                reason,
+            }
+        })
     }
 
     fn locate(&self, name: &str) -> Result<(&WeightFile, &TensorInfo)> {
@@ -288,5 +437,14 @@ fn float_format(file: &WeightFile, name: &str, info: &TensorInfo) -> Result<Weig
             path: file.path.clone(),
             dtype: format!("{other:?}"),
         }),
+    }
+}
+
+fn shape_mismatch(file: &WeightFile, name: &str, expected: &[usize], actual: &[usize]) -> Error {
+    Error::ShapeMismatch {
+        name: name.into(),
+        path: file.path.clone(),
+        expected: expected.to_vec(),
+        actual: actual.to_vec(),
     }
 }

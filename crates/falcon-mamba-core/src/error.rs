@@ -99,10 +99,21 @@ pub enum Error {
         dtype: String,
     },
     /// A weight format name (`--dtype`, `FALCON_MAMBA_DTYPE`) is not one the library knows.
-    #[error("unknown weight format `{name}`: expected auto, f32, bf16 or f16")]
+    #[error("unknown weight format `{name}`: expected auto, f32, bf16, f16, q8 or q4")]
     UnknownWeightFormat {
         /// The name given.
         name: String,
+    },
+    /// A quantized weight (bitsandbytes 4-bit, or this library's Q8_0/Q4_0 blocks) whose
+    /// companion tensors or quantisation state disagree with each other or with the config.
+    #[error("quantized tensor `{name}` in {}: {reason}", path.display())]
+    InvalidQuantization {
+        /// The weight (or companion) tensor at fault.
+        name: String,
+        /// The file holding it.
+        path: PathBuf,
+        /// What is wrong, with the values at fault.
+        reason: String,
     },
     /// The backend cannot store or compute with weights in this format on its device.
     #[error("the {backend} backend cannot run {format} weights on this device; load them as f32 (`--dtype f32`) or f16")]

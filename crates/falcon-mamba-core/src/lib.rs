@@ -3,7 +3,8 @@
 //! - [`FalconMambaConfig`]: `config.json`, resolved and validated (Falcon Mamba and plain Mamba-1).
 //! - [`Checkpoint`]: safetensors weights (single file or sharded), checked, read tensor by tensor.
 //! - [`ModelTensors`]: the model's tensor list; [`WeightFormat`] and [`WeightMatrix`]: weight
-//!   matrices in f32, bf16 or f16.
+//!   matrices in f32, bf16, f16, GGUF's Q8_0/Q4_0 blocks ([`quant`]) or bitsandbytes 4-bit
+//!   ([`bnb`]).
 //! - [`Tokenizer`]: `tokenizer.json` with UTF-8-safe streaming decode.
 //! - [`GenerationConfig`] and [`Sampler`]: stopping rules and token choice.
 //! - [`ChatTemplate`]: chat prompts from the checkpoint's Jinja template (ChatML fallback).
@@ -12,6 +13,7 @@
 //! - [`Error`]: the one error type; every failure names the file, tensor or value at fault.
 #![warn(missing_docs)]
 
+pub mod bnb;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod error;
 pub mod generation;
 #[cfg(feature = "hub")]
 pub mod hub;
+pub mod quant;
 pub mod reference;
 pub mod sampling;
 pub mod tensors;
@@ -34,3 +37,5 @@ pub use sampling::Sampler;
 pub use tensors::{expected_tensors, LayerTensors, ModelTensors, TensorSpec};
 pub use tokenizer::{DecodeStream, Tokenizer};
 pub use weights::{WeightData, WeightFormat, WeightMatrix};
+pub use quant::BlockFormat;
+pub use bnb::Bnb4Matrix;

@@ -121,22 +121,31 @@ impl ModelTensors {
     }
 
     /// Bytes the weights take in memory with the matrices (embedding, projections, lm_head) in
-    /// `format` and everything else in f32; `None` on overflow.
+    /// `format` (see [`crate::WeightFormat::for_inputs`]) and everything else in f32; `None` on
+    /// overflow.
     pub fn weight_bytes(&self, format: crate::WeightFormat) -> Option<u64> {
+        self.weight_bytes_with(|_| format)
+    }
+
+    /// [`ModelTensors::weight_bytes`] with each matrix in the format `format_of` gives it.
+    pub fn weight_bytes_with(
+        &self,
+        mut format_of: impl FnMut(&TensorSpec) -> crate::WeightFormat,
+    ) -> Option<u64> {
         let bytes = |t: &TensorSpec, per: usize| -> Option<u64> {
             t.shape
                 .iter()
                 .try_fold(per as u64, |acc, &d| acc.checked_mul(d as u64))
         };
-        let matrix = format.bytes_per_weight();
-        let mut total = bytes(&self.embedding, matrix)?;
+        let mut matrix = |t: &TensorSpec| format_of(t).matrix_bytes(t.shape[0], t.shape[1]);
+        let mut total = matrix(&self.embedding)?;
         if let Some(lm_head) = &self.lm_head {
-            total = total.checked_add(bytes(lm_head, matrix)?)?;
+            total = total.checked_add(matrix(lm_head)?)?;
         }
         total = total.checked_add(bytes(&self.norm_f, 4)?)?;
         for l in &self.layers {
             for m in [&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj] {
-                total = total.checked_add(bytes(m, matrix)?)?;
+                total = total.checked_add(matrix(m)?)?;
             }
             let vectors = [
                 Some(&l.norm),
@@ -153,6 +162,18 @@ impl ModelTensors {
             }
         }
         Some(total)
+    }
+
+    /// The weight matrices (embedding, in/x/dt/out_proj, lm_head): the tensors a [`crate::WeightFormat`]
+    /// applies to.
+    pub fn matrices(&self) -> impl Iterator<Item = &TensorSpec> {
+        let layers = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj]);
+        std::iter::once(&self.embedding)
+            .chain(layers)
+            .chain(self.lm_head.as_ref())
     }
 
     /// Every tensor, in checkpoint order (embedding, blocks, norm_f, lm_head).
