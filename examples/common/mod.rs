@@ -18,8 +18,9 @@ pub struct ModelArgs {
     /// cpu, wgpu or cuda (the last two need the cargo feature of that name).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
-    /// Weight format: auto (the checkpoint's own), f32, bf16 or f16. Activations and the state
-    /// are f32 whatever the weights are.
+    /// Weight format: auto (the checkpoint's own), f32, bf16, f16, q8 or q4 (GGUF's Q8_0 and
+    /// Q4_0 blocks, quantized at load). Activations and the state are f32 whatever the weights
+    /// are.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
 }

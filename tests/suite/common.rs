@@ -51,20 +51,23 @@ pub fn backend_under_test() -> String {
 
 /// The weight format the parity suite loads models in: `$FALCON_MAMBA_DTYPE`, `f32` (default),
 /// `bf16` or `f16`.
-pub fn dtype_under_test() -> WeightFormat {
+pub fn dtype_under_test() -> Option<WeightFormat> {
     match std::env::var("FALCON_MAMBA_DTYPE") {
-        Ok(name) => name
-            .parse()
+        Ok(name) => WeightFormat::parse_choice(&name)
             .unwrap_or_else(|e| panic!("FALCON_MAMBA_DTYPE: {e}")),
-        Err(_) => WeightFormat::F32,
+        Err(_) => None,
     }
 }
 
-/// Loads the checkpoint in `dir` with its weight matrices in `format`.
-pub fn load_in<B: SelectiveScanBackend>(dir: &Path, format: WeightFormat) -> FalconMamba<B> {
-    let options = LoadOptions::default().with_dtype(Some(format));
+/// Loads the checkpoint in `dir` with its weight matrices in `format` (`None`: as stored).
+pub fn load_in<B: SelectiveScanBackend>(
+    dir: &Path,
+    format: impl Into<Option<WeightFormat>>,
+) -> FalconMamba<B> {
+    let format = format.into();
+    let options = LoadOptions::default().with_dtype(format);
     FalconMamba::<B>::from_pretrained_with(dir, &device::<B>(), options, |_, _| {})
-        .unwrap_or_else(|e| panic!("{} in {format}: {e}", dir.display()))
+        .unwrap_or_else(|e| panic!("{} in {format:?}: {e}", dir.display()))
 }
 
 /// A copy of the checkpoint in `dir` (config.json and one model.safetensors) whose weight
@@ -80,20 +83,23 @@ pub fn rounded_copy(dir: &Path, format: WeightFormat) -> PathBuf {
     let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
     let checkpoint = Checkpoint::open(dir).unwrap();
     let tensors = ModelTensors::new(&config);
-    let mut matrices: Vec<&str> = vec![tensors.embedding.name.as_str()];
-    matrices.extend(tensors.lm_head.iter().map(|t| t.name.as_str()));
-    for l in &tensors.layers {
-        matrices.extend([&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj].map(|t| t.name.as_str()));
-    }
+    let matrices: Vec<&str> = tensors.matrices().map(|t| t.name.as_str()).collect();
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|spec| {
-            let (values, shape) = checkpoint.read_f32(&spec.name).unwrap();
-            let rounded = matrices.contains(&spec.name.as_str());
-            let bytes = values
-                .iter()
-                .flat_map(|&v| if rounded { format.round(v) } else { v }.to_le_bytes())
-                .collect();
+            let (values, shape) = if matrices.contains(&spec.name.as_str()) {
+                // Read as f32 whatever the storage (bitsandbytes dequantized exactly).
+                let (d_out, d_in) = (spec.shape[0], spec.shape[1]);
+                let m = checkpoint
+                    .read_matrix(&spec.name, d_out, d_in, Some(WeightFormat::F32))
+                    .unwrap();
+                let mut values = m.to_torch_f32();
+                format.round_matrix(&mut values, d_in);
+                (values, spec.shape.clone())
+            } else {
+                checkpoint.read_f32(&spec.name).unwrap()
+            };
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             (spec.name.clone(), shape, bytes)
         })
         .collect();
@@ -146,7 +152,7 @@ macro_rules! on_backend_under_test {
 pub(crate) use on_backend_under_test;
 
 /// The repository's `tests/fixtures`.
-fn fixtures_root() -> PathBuf {
+pub fn fixtures_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 

@@ -10,6 +10,7 @@ mod end_to_end;
 mod memory;
 mod parity;
 mod prefill;
+mod quant;
 mod scan;
 mod state_file;
 mod tokenizer;

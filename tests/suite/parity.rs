@@ -1,7 +1,8 @@
 //! Parity with HF transformers on every fixture folder: logits, hidden states, per-layer outputs,
 //! layer-0 intermediates, the state after the prompt, step and forced decode, greedy ids, for the
 //! batch of 1 and the batch of 2, on the backend `FALCON_MAMBA_BACKEND` names, with the weight
-//! matrices in the format `FALCON_MAMBA_DTYPE` names. Tolerance on the CPU and CUDA: logits max
+//! matrices in the format `FALCON_MAMBA_DTYPE` names (unset or `auto`: each checkpoint's own,
+//! bitsandbytes 4-bit included). Tolerance on the CPU and CUDA: logits max
 //! abs diff ≤ 1e-4 (DESIGN.md §4); other tensors ≤ 1e-4 × max(1, their largest magnitude),
 //! because f32 rounding grows with magnitude (plain Mamba-1 has no B/C norms: its layer-0
 //! gated_y reaches ~230, where one ulp is 1.5e-5). On wgpu both are doubled (see
@@ -89,14 +90,14 @@ impl<B: SelectiveScanBackend> Fixture<B> {
         let format = dtype_under_test();
         let model = load_in::<B>(dir, format);
         let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
-        let embedding = ModelTensors::new(&config).embedding.name;
+        let embedding = ModelTensors::new(&config).embedding;
         let stored = Checkpoint::open(dir)
             .unwrap()
-            .stored_format(&embedding)
+            .matrix_storage(&embedding.name, embedding.shape[0], embedding.shape[1])
             .unwrap();
-        let narrowed = format != WeightFormat::F32 && format != stored;
+        let narrowed = format.is_some_and(|f| f != WeightFormat::F32 && f != stored);
         let twin = narrowed.then(|| {
-            let copy = rounded_copy(dir, format);
+            let copy = rounded_copy(dir, format.unwrap_or(stored));
             let twin = load_in::<B>(&copy, WeightFormat::F32);
             let _ = std::fs::remove_dir_all(&copy);
             twin
@@ -184,7 +185,7 @@ pub fn for_each_fixture<B: SelectiveScanBackend>(
     mut check: impl FnMut(&Fixture<B>, &str) -> Vec<(String, f32, f32)>,
 ) {
     let mut failures = Vec::new();
-    let format = dtype_under_test();
+    let format = dtype_under_test().map_or("auto", WeightFormat::name);
     for dir in fixture_dirs() {
         let fixture = Fixture::load(&dir);
         let against = if fixture.twin.is_some() {

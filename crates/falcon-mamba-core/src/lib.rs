@@ -5,6 +5,7 @@
 //! - [`ModelTensors`]: the model's tensor list; [`WeightFormat`] and [`WeightMatrix`]: weight
 //!   matrices in f32, bf16, f16, GGUF's Q8_0/Q4_0 blocks ([`quant`]) or bitsandbytes 4-bit
 //!   ([`bnb`]).
+//! - [`quantized::write_quantized`]: a checkpoint converted to q8/q4 (or bf16/f16), loadable as is.
 //! - [`Tokenizer`]: `tokenizer.json` with UTF-8-safe streaming decode.
 //! - [`GenerationConfig`] and [`Sampler`]: stopping rules and token choice.
 //! - [`ChatTemplate`]: chat prompts from the checkpoint's Jinja template (ChatML fallback).
@@ -22,6 +23,7 @@ pub mod generation;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod quant;
+pub mod quantized;
 pub mod reference;
 pub mod sampling;
 pub mod tensors;

@@ -59,9 +59,9 @@ pub fn quantize_q8_0(block: &[f32], out: &mut [u8]) {
 pub fn quantize_q4_0(block: &[f32], out: &mut [u8]) {
     debug_assert_eq!((block.len(), out.len()), (BLOCK, Q4_0_BYTES));
     // The value of largest magnitude, the first one on a tie (numpy's argmax).
-    let max = block
+    let max = block[1..]
         .iter()
-        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        .fold(block[0], |m, &v| if v.abs() > m.abs() { v } else { m });
     let d = max / -8.0;
     let id = inverse(d);
     out[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());

@@ -12,8 +12,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use falcon_mamba_core::{WeightData, WeightFormat, WeightMatrix};
+use falcon_mamba_core::quant::BLOCK;
+use falcon_mamba_core::{BlockFormat, Bnb4Matrix, WeightData, WeightFormat, WeightMatrix};
 
+use super::blocks::{self, RowJob};
 use super::scan::madd;
 use crate::ops::Matrix;
 
@@ -27,9 +29,16 @@ pub struct HostMatrix {
 
 #[derive(Debug, Clone)]
 enum Values {
+    /// `[d_in, d_out]`.
     F32(Arc<[f32]>),
+    /// `[d_in, d_out]`.
     Bf16(Arc<[u16]>),
+    /// `[d_in, d_out]`.
     F16(Arc<[u16]>),
+    /// `[d_out]` rows of blocks (`[out, in]`).
+    Blocks(BlockFormat, Arc<[u8]>),
+    /// bitsandbytes' own `[out, in]` layout.
+    Bnb4(Arc<Bnb4Matrix>),
 }
 
 impl Matrix for HostMatrix {
@@ -44,6 +53,17 @@ impl Matrix for HostMatrix {
             Values::F32(_) => WeightFormat::F32,
             Values::Bf16(_) => WeightFormat::Bf16,
             Values::F16(_) => WeightFormat::F16,
+            Values::Blocks(BlockFormat::Q8_0, _) => WeightFormat::Q8,
+            Values::Blocks(BlockFormat::Q4_0, _) => WeightFormat::Q4,
+            Values::Bnb4(_) => WeightFormat::Bnb4,
+        }
+    }
+    fn bytes(&self) -> usize {
+        match &self.values {
+            Values::F32(v) => 4 * v.len(),
+            Values::Bf16(v) | Values::F16(v) => 2 * v.len(),
+            Values::Blocks(_, b) => b.len(),
+            Values::Bnb4(m) => m.bytes(),
         }
     }
 }
@@ -54,6 +74,9 @@ impl From<WeightMatrix> for HostMatrix {
             WeightData::F32(v) => Values::F32(v.into()),
             WeightData::Bf16(v) => Values::Bf16(v.into()),
             WeightData::F16(v) => Values::F16(v.into()),
+            WeightData::Q8(b) => Values::Blocks(BlockFormat::Q8_0, b.into()),
+            WeightData::Q4(b) => Values::Blocks(BlockFormat::Q4_0, b.into()),
+            WeightData::Bnb4(m) => Values::Bnb4(Arc::new(m)),
         };
         HostMatrix {
             d_in: m.d_in,
@@ -75,22 +98,63 @@ pub enum KernelPath {
 }
 
 impl HostMatrix {
-    /// Whether the values sit in one contiguous buffer of `d_in * d_out` (always, once built).
+    /// Whether the values fill their buffer exactly (always, once built).
     pub(crate) fn len_matches(&self) -> bool {
-        let len = match &self.values {
-            Values::F32(v) => v.len(),
-            Values::Bf16(v) | Values::F16(v) => v.len(),
-        };
-        len == self.d_in * self.d_out
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        match &self.values {
+            Values::F32(v) => v.len() == d_in * d_out,
+            Values::Bf16(v) | Values::F16(v) => v.len() == d_in * d_out,
+            Values::Blocks(format, b) => {
+                d_in % BLOCK == 0 && b.len() == d_out * format.row_bytes(d_in)
+            }
+            Values::Bnb4(m) => m.d_in == d_in && m.d_out == d_out && d_in % m.block == 0,
+        }
     }
 
-    /// Rows `rows` widened to f32 into `out` (`[rows.len(), d_out]`).
+    /// Whether the matrix is laid out `[out, in]` (the row formats): the blocked matmul then
+    /// widens panels of output rows ([`HostMatrix::widen_outputs`]) rather than input rows.
+    pub(crate) fn by_outputs(&self) -> bool {
+        matches!(self.values, Values::Blocks(..) | Values::Bnb4(_))
+    }
+
+    /// Input rows `rows` of a `[d_in, d_out]` float matrix widened to f32 into `out`
+    /// (`[rows.len(), d_out]`).
     pub(crate) fn widen_rows(&self, rows: Range<usize>, out: &mut [f32]) {
         let range = rows.start * self.d_out..rows.end * self.d_out;
         match &self.values {
             Values::F32(v) => out.copy_from_slice(&v[range]),
             Values::Bf16(v) => widen_into(&v[range], out, bf16_to_f32),
             Values::F16(v) => widen_into(&v[range], out, f16_to_f32),
+            Values::Blocks(..) | Values::Bnb4(_) => {
+                unreachable!("row formats widen by outputs")
+            }
+        }
+    }
+
+    /// Output rows `outputs` of a row-format matrix dequantized into `out` (`[outputs.len(),
+    /// d_in]`).
+    pub(crate) fn widen_outputs(&self, outputs: Range<usize>, out: &mut [f32]) {
+        let d_in = self.d_in;
+        for (o, row) in outputs.zip(out.chunks_exact_mut(d_in)) {
+            self.dequantize_output(o, row);
+        }
+    }
+
+    /// Output row `o` of a row-format matrix, dequantized into `out` (`[d_in]`).
+    fn dequantize_output(&self, o: usize, out: &mut [f32]) {
+        match &self.values {
+            Values::Blocks(format, b) => {
+                let row_bytes = format.row_bytes(self.d_in);
+                format.dequantize_row(&b[o * row_bytes..(o + 1) * row_bytes], out)
+            }
+            Values::Bnb4(m) => {
+                let first = o * m.d_in;
+                for (j, w) in out.iter_mut().enumerate() {
+                    let i = first + j;
+                    *w = m.dtype.round(m.table[m.code(i)] * m.absmax[i / m.block]);
+                }
+            }
+            _ => unreachable!("float formats are laid out by inputs"),
         }
     }
 
@@ -107,6 +171,7 @@ impl HostMatrix {
                 .iter_mut()
                 .zip(at)
                 .for_each(|(o, i)| *o = f16_to_f32(v[i])),
+            Values::Blocks(..) | Values::Bnb4(_) => self.dequantize_output(column, out),
         }
     }
 
@@ -141,6 +206,29 @@ impl HostMatrix {
         inputs: Range<usize>,
         outputs: Range<usize>,
     ) {
+        match &self.values {
+            Values::Blocks(format, bytes) => {
+                let job = RowJob {
+                    acc,
+                    x,
+                    x_stride,
+                    inputs,
+                    outputs,
+                };
+                return blocks::accumulate_blocks(path, *format, bytes, self.d_in, job);
+            }
+            Values::Bnb4(m) => {
+                let job = RowJob {
+                    acc,
+                    x,
+                    x_stride,
+                    inputs,
+                    outputs,
+                };
+                return blocks::accumulate_bnb4(m, job);
+            }
+            _ => {}
+        }
         let job = Job {
             acc,
             x,
@@ -152,18 +240,14 @@ impl HostMatrix {
         #[cfg(target_arch = "x86_64")]
         {
             use simd::{cast, Bf16, F16};
-            let isa = match (path, detected_isa()) {
-                (KernelPath::Portable, _) => Isa::Portable,
-                (KernelPath::Avx2, Isa::Avx512) => Isa::Avx2,
-                (_, isa) => isa,
-            };
-            // SAFETY (both arms): `detected_isa` checked that the CPU has the features.
-            match isa {
+            // SAFETY (both arms): `isa_for` checked that the CPU has the features.
+            match isa_for(path) {
                 Isa::Avx512 => unsafe {
                     match &self.values {
                         Values::F32(w) => simd::accumulate_avx512::<f32>(job, w),
                         Values::Bf16(w) => simd::accumulate_avx512::<Bf16>(job, cast(w)),
                         Values::F16(w) => simd::accumulate_avx512::<F16>(job, cast(w)),
+                        Values::Blocks(..) | Values::Bnb4(_) => {}
                     }
                     return;
                 },
@@ -172,6 +256,7 @@ impl HostMatrix {
                         Values::F32(w) => simd::accumulate_avx2::<f32>(job, w),
                         Values::Bf16(w) => simd::accumulate_avx2::<Bf16>(job, cast(w)),
                         Values::F16(w) => simd::accumulate_avx2::<F16>(job, cast(w)),
+                        Values::Blocks(..) | Values::Bnb4(_) => {}
                     }
                     return;
                 },
@@ -185,6 +270,7 @@ impl HostMatrix {
             Values::F32(w) => portable(job, w, |v: f32| v),
             Values::Bf16(w) => portable(job, w, bf16_to_f32),
             Values::F16(w) => portable(job, w, f16_to_f32),
+            Values::Blocks(..) | Values::Bnb4(_) => {}
         }
     }
 }
@@ -216,10 +302,20 @@ fn widen_into<T: Copy>(src: &[T], out: &mut [f32], widen: impl Fn(T) -> f32) {
 /// The widest vector code the CPU runs.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-enum Isa {
+pub(super) enum Isa {
     Avx512,
     Avx2,
     Portable,
+}
+
+/// The code `path` runs on this CPU.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn isa_for(path: KernelPath) -> Isa {
+    match (path, detected_isa()) {
+        (KernelPath::Portable, _) => Isa::Portable,
+        (KernelPath::Avx2, Isa::Avx512) => Isa::Avx2,
+        (_, isa) => isa,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

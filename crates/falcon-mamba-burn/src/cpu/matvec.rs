@@ -1,7 +1,8 @@
 //! Projections on the CPU, over [`HostMatrix`] weights in any format. A few rows (decode: one
-//! token per sequence) read the weights where they are, once and front to back, widening them
-//! in registers, which is all a memory-bound matrix-vector product should cost; more rows go to
-//! the blocked matmul burn uses (matrixmultiply's sgemm), the weights widened a panel at a time.
+//! token per sequence) read the weights where they are, once and front to back, widening (or
+//! dequantising) them in registers, which is all a memory-bound matrix-vector product should
+//! cost; more rows go to the blocked matmul burn uses (matrixmultiply's sgemm), the weights
+//! widened a panel at a time.
 
 use std::ops::Range;
 
@@ -90,6 +91,31 @@ where
         unreachable!("a tensor of rank 3 has a view of rank 3")
     }; // [batch, len, d_in]
     let mut y = Array3::<f32>::zeros((batch, len, d_out)); // [batch, len, d_out]
+    if weight.by_outputs() {
+        // `[out, in]` rows: panels of output rows, each product written to its columns.
+        let panel_rows = (PANEL_VALUES / d_in.max(1)).clamp(16, d_out.max(16));
+        let mut panel = vec![0.0f32; panel_rows.min(d_out) * d_in];
+        for start in (0..d_out).step_by(panel_rows) {
+            let n = panel_rows.min(d_out - start);
+            let panel = &mut panel[..n * d_in];
+            panel
+                .par_chunks_mut(d_in * 16)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let first = start + i * 16;
+                    weight.widen_outputs(first..first + chunk.len() / d_in, chunk);
+                });
+            let Ok(w) = ArrayView2::from_shape((n, d_in), &*panel) else {
+                unreachable!("the panel holds n * d_in values")
+            };
+            let w = w.reversed_axes(); // [d_in, n]
+            for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
+                let mut y = y.slice_mut(ndarray::s![.., start..start + n]);
+                general_mat_mul(1.0, &x, &w, 0.0, &mut y);
+            }
+        }
+        return y.into_raw_vec_and_offset().0;
+    }
     let mut gemm = |w: ArrayView2<'_, f32>, inputs: std::ops::Range<usize>, beta: f32| {
         for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
             let x = x.slice(ndarray::s![.., inputs.clone()]);
@@ -135,9 +161,16 @@ where
     }
 }
 
-/// The `block`-th of `blocks` equal (but the last) contiguous pieces of `0..len`, as the
-/// projections here split their input rows among threads; empty past the end.
+/// Piece boundaries fall on multiples of this, so that no quantisation block (32 or 64
+/// weights along the input) is split between threads.
+const ALIGN: usize = 64;
+
+/// The `block`-th of `blocks` equal (but the last) contiguous pieces of `0..len`, each a
+/// multiple of [`ALIGN`] long, as the projections here split their input rows among threads;
+/// empty past the end.
 pub(crate) fn block_range(len: usize, blocks: usize, block: usize) -> Range<usize> {
-    let per_block = len.div_ceil(blocks.clamp(1, len.max(1)));
+    let per_block = len
+        .div_ceil(blocks.clamp(1, len.max(1)))
+        .next_multiple_of(ALIGN);
     (block * per_block).min(len)..((block + 1) * per_block).min(len)
 }

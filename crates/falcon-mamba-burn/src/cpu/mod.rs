@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod matrix;
+mod blocks;
 pub mod matvec;
 pub mod scan;
 

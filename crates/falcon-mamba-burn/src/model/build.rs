@@ -33,33 +33,37 @@ pub(crate) enum Init {
 pub(crate) trait WeightSource {
     /// A tensor's f32 values in row-major order (PyTorch layout).
     fn values(&mut self, spec: &TensorSpec, init: Init) -> Result<Vec<f32>>;
-    /// A `[out, in]` matrix as a [`WeightMatrix`] (`[in, out]`) in `format`.
+    /// A `[out, in]` matrix as a [`WeightMatrix`] in `format`.
     fn matrix(&mut self, spec: &TensorSpec, format: WeightFormat) -> Result<WeightMatrix>;
 }
 
 impl<B: SelectiveScanBackend> FalconMamba<B> {
-    /// Builds the model `config` describes from `source`, matrices in `format`, calling
-    /// `progress(tensors_done, tensors_total)` after each tensor. Weights that would not fit in
-    /// the memory the backend reports available are an error before anything is read.
+    /// Builds the model `config` describes from `source`, each matrix in the format
+    /// `format_of` gives it, calling `progress(tensors_done, tensors_total)` after each tensor.
+    /// Weights that would not fit in the memory the backend reports available are an error
+    /// before anything is read.
     pub(crate) fn build(
         config: FalconMambaConfig,
         source: &mut impl WeightSource,
-        format: WeightFormat,
+        format_of: &dyn Fn(&TensorSpec) -> WeightFormat,
         device: &B::Device,
         progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
-        if !B::supports_weight_format(device, format) {
-            return Err(Error::UnsupportedWeightFormat {
-                format,
-                backend: B::name(device),
-            });
-        }
         let tensors = ModelTensors::new(&config);
-        let needed = tensors.weight_bytes(format).unwrap_or(u64::MAX);
+        for spec in tensors.matrices() {
+            let format = format_of(spec);
+            if !B::supports_weight_format(device, format) {
+                return Err(Error::UnsupportedWeightFormat {
+                    format,
+                    backend: B::name(device),
+                });
+            }
+        }
+        let needed = tensors.weight_bytes_with(format_of).unwrap_or(u64::MAX);
         if let Some(available) = B::memory_available(device) {
             if needed > available {
                 return Err(Error::InsufficientMemory {
-                    format,
+                    format: format_of(&tensors.embedding),
                     needed,
                     available,
                 });
@@ -67,7 +71,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         }
         let mut builder = Builder {
             source,
-            format,
+            format_of,
             device,
             done: 0,
             total: tensors.iter().count(),
@@ -103,7 +107,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
 
 struct Builder<'a, S, B: Backend, P> {
     source: &'a mut S,
-    format: WeightFormat,
+    format_of: &'a dyn Fn(&TensorSpec) -> WeightFormat,
     device: &'a B::Device,
     done: usize,
     total: usize,
@@ -137,7 +141,7 @@ impl<S: WeightSource, B: SelectiveScanBackend, P: FnMut(usize, usize)> Builder<'
     }
 
     fn matrix(&mut self, spec: &TensorSpec) -> Result<B::Matrix> {
-        let matrix = self.source.matrix(spec, self.format)?;
+        let matrix = self.source.matrix(spec, (self.format_of)(spec))?;
         self.tick();
         B::matrix(matrix, self.device)
     }

@@ -60,7 +60,9 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
 
     /// The format the weight matrices are kept in.
     pub fn weight_format(&self) -> WeightFormat {
-        self.lm_head.weight.format()
+        self.layers
+            .first()
+            .map_or(self.lm_head.weight.format(), |b| b.mixer.in_proj.weight.format())
     }
 
     /// Bytes of weights a decode step reads: every block's, norm_f's and lm_head's (with tied

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use falcon_mamba_core::{
-    Checkpoint, FalconMambaConfig, ModelTensors, Result, TensorSpec, WeightFormat, WeightMatrix,
+    Checkpoint, FalconMambaConfig, Result, TensorSpec, WeightFormat, WeightMatrix,
 };
 
 use super::build::{Init, WeightSource};
@@ -15,15 +15,16 @@ use crate::ops::SelectiveScanBackend;
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// The format to keep the weight matrices in; `None` (the default): the checkpoint's own, or
-    /// f32 where the backend cannot hold that one (bf16 on wgpu).
+    /// The format to keep the weight matrices in; `None` (the default): each matrix's own in the
+    /// checkpoint, or f32 where the backend cannot hold that one (bf16 on wgpu). Block formats
+    /// (q8, q4) apply to matrices whose input dimension is a multiple of 32; others stay f32.
     pub dtype: Option<WeightFormat>,
 }
 
 impl LoadOptions {
     /// Keeps the weight matrices in `dtype` (`None`: the checkpoint's own format, or f32 where
-    /// the backend cannot hold it). Narrowing (f32 → bf16/f16) rounds to nearest even; widening
-    /// is exact. A format the backend cannot hold is [`falcon_mamba_core::Error::UnsupportedWeightFormat`].
+    /// the backend cannot hold it). Narrowing (f32 → bf16/f16) rounds to nearest even, q8 and q4
+    /// quantize row by row as GGUF's Q8_0 and Q4_0 do; widening and dequantising are exact. A format the backend cannot hold is [`falcon_mamba_core::Error::UnsupportedWeightFormat`].
     pub fn with_dtype(mut self, dtype: Option<WeightFormat>) -> Self {
         self.dtype = dtype;
         self
@@ -61,23 +62,28 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         checkpoint.check(&config)?;
-        let format = match options.dtype {
-            Some(format) => format,
-            None => {
-                let stored =
-                    checkpoint.stored_format(&ModelTensors::new(&config).embedding.name)?;
-                // A format the device cannot hold (bf16 on wgpu) widens to f32, exactly.
-                if B::supports_weight_format(device, stored) {
-                    stored
-                } else {
-                    WeightFormat::F32
+        let format_of = |spec: &TensorSpec| -> WeightFormat {
+            let (d_out, d_in) = (spec.shape[0], spec.shape[1]);
+            match options.dtype {
+                Some(format) => format.for_inputs(d_in),
+                None => {
+                    // Checked above, so the storage is known.
+                    let stored = checkpoint
+                        .matrix_storage(&spec.name, d_out, d_in)
+                        .unwrap_or(WeightFormat::F32);
+                    // A format the device cannot hold (bf16 on wgpu) widens to f32, exactly.
+                    if B::supports_weight_format(device, stored) {
+                        stored
+                    } else {
+                        WeightFormat::F32
+                    }
                 }
             }
         };
         Self::build(
             config,
             &mut CheckpointSource(checkpoint),
-            format,
+            &format_of,
             device,
             progress,
         )
@@ -93,6 +99,7 @@ impl WeightSource for CheckpointSource<'_> {
     }
 
     fn matrix(&mut self, spec: &TensorSpec, format: WeightFormat) -> Result<WeightMatrix> {
-        self.0.read_matrix(&spec.name, format)
+        self.0
+            .read_matrix(&spec.name, spec.shape[0], spec.shape[1], Some(format))
     }
 }

@@ -30,7 +30,8 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         let mut source = RandomSource {
             state: seed ^ 0x9e37_79b9_7f4a_7c15,
         };
-        Self::build(config, &mut source, format, device, |_, _| {})
+        let format_of = |spec: &TensorSpec| format.for_inputs(spec.shape[1]);
+        Self::build(config, &mut source, &format_of, device, |_, _| {})
     }
 }
 
