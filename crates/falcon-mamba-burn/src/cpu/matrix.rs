@@ -15,7 +15,7 @@ use std::sync::Arc;
 use falcon_mamba_core::quant::BLOCK;
 use falcon_mamba_core::{BlockFormat, Bnb4Matrix, WeightData, WeightFormat, WeightMatrix};
 
-use super::blocks::{self, RowJob};
+use super::blocks::{self, Tiles, RowJob};
 use super::scan::madd;
 use crate::ops::Matrix;
 
@@ -35,8 +35,8 @@ enum Values {
     Bf16(Arc<[u16]>),
     /// `[d_in, d_out]`.
     F16(Arc<[u16]>),
-    /// `[d_out]` rows of blocks (`[out, in]`).
-    Blocks(BlockFormat, Arc<[u8]>),
+    /// Q8_0/Q4_0 blocks of `[out, in]` in tile order ([`Tiles`]).
+    Blocks(Tiles, Arc<[u8]>),
     /// bitsandbytes' own `[out, in]` layout.
     Bnb4(Arc<Bnb4Matrix>),
 }
@@ -53,8 +53,10 @@ impl Matrix for HostMatrix {
             Values::F32(_) => WeightFormat::F32,
             Values::Bf16(_) => WeightFormat::Bf16,
             Values::F16(_) => WeightFormat::F16,
-            Values::Blocks(BlockFormat::Q8_0, _) => WeightFormat::Q8,
-            Values::Blocks(BlockFormat::Q4_0, _) => WeightFormat::Q4,
+            Values::Blocks(p, _) => match p.format {
+                BlockFormat::Q8_0 => WeightFormat::Q8,
+                BlockFormat::Q4_0 => WeightFormat::Q4,
+            },
             Values::Bnb4(_) => WeightFormat::Bnb4,
         }
     }
@@ -74,8 +76,14 @@ impl From<WeightMatrix> for HostMatrix {
             WeightData::F32(v) => Values::F32(v.into()),
             WeightData::Bf16(v) => Values::Bf16(v.into()),
             WeightData::F16(v) => Values::F16(v.into()),
-            WeightData::Q8(b) => Values::Blocks(BlockFormat::Q8_0, b.into()),
-            WeightData::Q4(b) => Values::Blocks(BlockFormat::Q4_0, b.into()),
+            WeightData::Q8(rows) => {
+                let tiles = Tiles::new(BlockFormat::Q8_0, m.d_out, m.d_in);
+                Values::Blocks(tiles, tiles.from_rows(&rows).into())
+            }
+            WeightData::Q4(rows) => {
+                let tiles = Tiles::new(BlockFormat::Q4_0, m.d_out, m.d_in);
+                Values::Blocks(tiles, tiles.from_rows(&rows).into())
+            }
             WeightData::Bnb4(m) => Values::Bnb4(Arc::new(m)),
         };
         HostMatrix {
@@ -104,15 +112,18 @@ impl HostMatrix {
         match &self.values {
             Values::F32(v) => v.len() == d_in * d_out,
             Values::Bf16(v) | Values::F16(v) => v.len() == d_in * d_out,
-            Values::Blocks(format, b) => {
-                d_in % BLOCK == 0 && b.len() == d_out * format.row_bytes(d_in)
+            Values::Blocks(p, b) => {
+                d_in % BLOCK == 0
+                    && p.d_out == d_out
+                    && p.blocks * BLOCK == d_in
+                    && b.len() == p.len()
             }
             Values::Bnb4(m) => m.d_in == d_in && m.d_out == d_out && d_in % m.block == 0,
         }
     }
 
     /// Whether the matrix is laid out `[out, in]` (the row formats): the blocked matmul then
-    /// widens panels of output rows ([`HostMatrix::widen_outputs`]) rather than input rows.
+    /// widens tiles of output rows ([`HostMatrix::widen_outputs`]) rather than input rows.
     pub(crate) fn by_outputs(&self) -> bool {
         matches!(self.values, Values::Blocks(..) | Values::Bnb4(_))
     }
@@ -143,10 +154,7 @@ impl HostMatrix {
     /// Output row `o` of a row-format matrix, dequantized into `out` (`[d_in]`).
     fn dequantize_output(&self, o: usize, out: &mut [f32]) {
         match &self.values {
-            Values::Blocks(format, b) => {
-                let row_bytes = format.row_bytes(self.d_in);
-                format.dequantize_row(&b[o * row_bytes..(o + 1) * row_bytes], out)
-            }
+            Values::Blocks(p, b) => p.dequantize_row(b, o, out),
             Values::Bnb4(m) => {
                 let first = o * m.d_in;
                 for (j, w) in out.iter_mut().enumerate() {
@@ -207,7 +215,7 @@ impl HostMatrix {
         outputs: Range<usize>,
     ) {
         match &self.values {
-            Values::Blocks(format, bytes) => {
+            Values::Blocks(tiles, bytes) => {
                 let job = RowJob {
                     acc,
                     x,
@@ -215,7 +223,7 @@ impl HostMatrix {
                     inputs,
                     outputs,
                 };
-                return blocks::accumulate_blocks(path, *format, bytes, self.d_in, job);
+                return blocks::accumulate_blocks(path, *tiles, bytes, job);
             }
             Values::Bnb4(m) => {
                 let job = RowJob {
