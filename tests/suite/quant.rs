@@ -288,3 +288,21 @@ fn bad_bitsandbytes_states_are_typed_errors_naming_tensor_and_value() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn quantized_embeddings_of_one_token_equal_those_of_many() {
+    crate::common::on_backend_under_test!(embeddings_on);
+}
+
+fn embeddings_on<Bk: falcon_mamba::SelectiveScanBackend>() {
+    let dir = fixtures_root().join("tiny");
+    for format in [WeightFormat::Q8, WeightFormat::Q4] {
+        let model = load_in::<Bk>(&dir, format);
+        let many = model.input_ids(&[[5u32, 6, 7]]).unwrap();
+        let one = model.input_ids(&[[6u32]]).unwrap();
+        let all: Vec<f32> = model.embed(many).into_data().to_vec().unwrap();
+        let single: Vec<f32> = model.embed(one).into_data().to_vec().unwrap();
+        let hidden = single.len();
+        assert_eq!(&all[hidden..2 * hidden], &single[..], "{format}");
+    }
+}

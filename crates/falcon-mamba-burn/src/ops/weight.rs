@@ -58,14 +58,16 @@ pub struct TensorMatrix<B: Backend> {
 enum Storage<B: Backend> {
     /// `[in, out]`, dtype f32, bf16 or f16.
     Float(Tensor<B, 2>),
-    /// Q8_0 / Q4_0: `codes` `[out, blocks, words]` (the block's code bytes, four to a word,
-    /// little-endian), `scales` `[out, blocks, 1]`.
+    /// Q8_0 / Q4_0: `codes` `[blocks, words, out]` (the block's code bytes, four to a word,
+    /// little-endian), `scales` `[blocks, 1, out]`, `table` the value of each code (`[256]`:
+    /// the int8 of a byte; `[16]`: a nibble less 8).
     Blocks {
         codes: Tensor<B, 3, Int>,
         scales: Tensor<B, 3>,
+        table: Tensor<B, 1>,
     },
-    /// bitsandbytes 4-bit: `codes` `[out, blocks, words]` as above (high nibble first),
-    /// `absmax` `[out, blocks, 1]`, `table` `[16]` (rounded to `dtype`).
+    /// bitsandbytes 4-bit: `codes` `[blocks, words, out]` as above (high nibble first),
+    /// `absmax` `[blocks, 1, out]`, `table` `[16]` (rounded to `dtype`).
     Bnb4 {
         codes: Tensor<B, 3, Int>,
         absmax: Tensor<B, 3>,
@@ -91,19 +93,30 @@ impl<B: Backend> Matrix for TensorMatrix<B> {
     }
 }
 
-/// `bytes` (a whole number of words per block) as `[out, blocks, words]` 32-bit words.
+/// Per-row code bytes (`d_out` rows of `blocks` blocks of whole words) as `[blocks, words,
+/// out]` 32-bit words: input-major, so that dequantising gives `[in, out]` directly.
 fn pack_words<B: Backend>(
     bytes: &[u8],
     d_out: usize,
     blocks: usize,
     device: &B::Device,
 ) -> Tensor<B, 3, Int> {
-    let words: Vec<i32> = bytes
-        .chunks_exact(4)
-        .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-        .collect();
-    let per_block = words.len() / (d_out * blocks).max(1);
-    Tensor::from_data(TensorData::new(words, [d_out, blocks, per_block]), device)
+    let words = bytes.len() / 4 / (d_out * blocks).max(1);
+    let mut packed = vec![0i32; bytes.len() / 4];
+    for (i, w) in bytes.chunks_exact(4).enumerate() {
+        let (o, rest) = (i / (blocks * words), i % (blocks * words));
+        packed[rest * d_out + o] = i32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+    }
+    Tensor::from_data(TensorData::new(packed, [blocks, words, d_out]), device)
+}
+
+/// Per-row block scales (`d_out` rows of `blocks`) as `[blocks, 1, out]`.
+fn pack_scales<B: Backend>(scales: &[f32], d_out: usize, blocks: usize, device: &B::Device) -> Tensor<B, 3> {
+    let mut packed = vec![0f32; scales.len()];
+    for (i, &s) in scales.iter().enumerate() {
+        packed[(i % blocks) * d_out + i / blocks] = s;
+    }
+    Tensor::from_data(TensorData::new(packed, [blocks, 1, d_out]), device)
 }
 
 impl<B: Backend> TensorMatrix<B> {
@@ -144,22 +157,22 @@ impl<B: Backend> TensorMatrix<B> {
                         c.extend_from_slice(&b[2..]);
                         (s, c)
                     });
+                let table: Vec<f32> = match block {
+                    quant::BlockFormat::Q8_0 => (0..=255u8).map(|b| f32::from(b as i8)).collect(),
+                    quant::BlockFormat::Q4_0 => (0..16).map(|q| q as f32 - 8.0).collect(),
+                };
+                let entries = table.len();
                 Storage::Blocks {
                     codes: pack_words(&codes, d_out, blocks, device),
-                    scales: Tensor::from_data(
-                        TensorData::new(scales, [d_out, blocks, 1]),
-                        device,
-                    ),
+                    scales: pack_scales(&scales, d_out, blocks, device),
+                    table: Tensor::from_data(TensorData::new(table, [entries]), device),
                 }
             }
             WeightData::Bnb4(m) => {
                 let blocks = d_in / m.block;
                 Storage::Bnb4 {
                     codes: pack_words(&m.codes, d_out, blocks, device),
-                    absmax: Tensor::from_data(
-                        TensorData::new(m.absmax.clone(), [d_out, blocks, 1]),
-                        device,
-                    ),
+                    absmax: pack_scales(&m.absmax, d_out, blocks, device),
                     table: Tensor::from_data(TensorData::new(m.table.to_vec(), [16]), device),
                     dtype: m.dtype,
                 }
@@ -184,52 +197,60 @@ impl<B: Backend> TensorMatrix<B> {
         usage.contains(DTypeUsage::Storage) && usage.contains(DTypeUsage::Arithmetic)
     }
 
-    /// Output rows `[rows, d_in]` of a quantized matrix, dequantized (`codes` and `scales` the
-    /// rows' slices of the storage).
+    /// Columns of a quantized matrix, dequantized to `[d_in, n]` (`codes` `[blocks, words, n]`
+    /// and `scales` `[blocks, 1, n]`, the columns' slices of the storage). Shifts and masks take
+    /// each code out of its word, and the code indexes a table of the values it stands for
+    /// (GGUF's `q` and `q - 8`, bitsandbytes' code book): no integer arithmetic beyond that,
+    /// one gather, and the result comes out `[in, out]` and contiguous, as the matmul wants it.
     fn dequantize(&self, codes: Tensor<B, 3, Int>, scale: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [rows, blocks, _] = codes.dims();
-        let byte = |shift: i64, mask: i64| {
+        let [blocks, words, n] = codes.dims();
+        let field = |shift: i64, mask: i64| {
             codes
                 .clone()
                 .bitwise_right_shift_scalar(shift.elem())
                 .bitwise_and_scalar(mask.elem())
         };
-        // Four bytes per word, little-endian: element `4w + k` is byte k of word w.
-        let bytes = |mask: i64, extra: i64| {
-            let per_byte: Vec<_> = (0..4).map(|k| byte(8 * k + extra, mask)).collect();
-            let stacked: Tensor<B, 4, Int> = Tensor::stack(per_byte, 3);
-            stacked.reshape([rows as i32, blocks as i32, -1])
+        // Four bytes per word, little-endian: byte k of word w is byte 4w + k of the block.
+        // Field `i` of a byte is the one `shifts[i]` brings down: [blocks, bytes, fields, n].
+        let fields = |shifts: &[i64], mask: i64| {
+            let per_byte = shifts.len();
+            let parts: Vec<_> = (0..4)
+                .flat_map(|k| shifts.iter().map(move |&s| (8 * k + s, mask)))
+                .map(|(shift, mask)| field(shift, mask))
+                .collect();
+            let stacked: Tensor<B, 4, Int> = Tensor::stack(parts, 2); // [blocks, words, 4 * per_byte, n]
+            stacked.reshape([blocks, words * 4, per_byte, n])
         };
-        let values = match (&self.storage, self.format) {
-            (Storage::Blocks { .. }, WeightFormat::Q8) => {
-                // Sign-extend the bytes: (b ^ 0x80) - 0x80.
-                let b = bytes(0xFF, 0);
-                b.bitwise_xor_scalar(0x80.elem()).sub_scalar(0x80).float() * scale
+        let (indices, table) = match &self.storage {
+            Storage::Blocks { table, .. } if self.format == WeightFormat::Q8 => {
+                (fields(&[0], 0xFF).reshape([blocks, words * 4, n]), table)
             }
-            (Storage::Blocks { .. }, _) => {
-                // Low nibbles are elements 0..16, high nibbles 16..32.
-                let codes = Tensor::cat(vec![bytes(0xF, 0), bytes(0xF, 4)], 2);
-                codes.sub_scalar(8).float() * scale
+            Storage::Blocks { table, .. } => {
+                // Byte j holds element j (low nibble) and j + 16 (high): [blocks, 2, 16, n].
+                let nibbles = fields(&[0, 4], 0xF).swap_dims(1, 2);
+                (nibbles.reshape([blocks, words * 8, n]), table)
             }
-            (Storage::Bnb4 { table, dtype, .. }, _) => {
+            Storage::Bnb4 { table, .. } => {
                 // Byte k holds element 2k in its high nibble and 2k + 1 in its low one.
-                let per_byte: Vec<_> = (0..4)
-                    .flat_map(|k| [byte(8 * k + 4, 0xF), byte(8 * k, 0xF)])
-                    .collect();
-                let stacked: Tensor<B, 4, Int> = Tensor::stack(per_byte, 3);
-                let count = stacked.dims().iter().product::<usize>();
-                let codes = stacked.reshape([count]);
-                let weights = table.clone().select(0, codes).reshape([rows as i32, blocks as i32, -1]);
-                let weights = weights * scale;
-                match dtype {
-                    WeightFormat::F32 => weights,
-                    WeightFormat::Bf16 => weights.cast(FloatDType::BF16).cast(FloatDType::F32),
-                    _ => weights.cast(FloatDType::F16).cast(FloatDType::F32),
-                }
+                (fields(&[4, 0], 0xF).reshape([blocks, words * 8, n]), table)
             }
-            (Storage::Float(_), _) => unreachable!("float storage is widened, not dequantized"),
+            Storage::Float(_) => unreachable!("float storage is widened, not dequantized"),
         };
-        values.reshape([rows, self.d_in])
+        let per_block = indices.dims()[1];
+        let values = table
+            .clone()
+            .select(0, indices.reshape([blocks * per_block * n]))
+            .reshape([blocks, per_block, n])
+            * scale;
+        let values = match &self.storage {
+            Storage::Bnb4 { dtype, .. } => match dtype {
+                WeightFormat::Bf16 => values.cast(FloatDType::BF16).cast(FloatDType::F32),
+                WeightFormat::F16 => values.cast(FloatDType::F16).cast(FloatDType::F32),
+                _ => values,
+            },
+            _ => values,
+        };
+        values.reshape([self.d_in, n])
     }
 
     /// The matrix widened (or dequantized) to f32, `[in, out]`.
@@ -237,12 +258,8 @@ impl<B: Backend> TensorMatrix<B> {
         match &self.storage {
             Storage::Float(t) if self.format == WeightFormat::F32 => t.clone(),
             Storage::Float(t) => t.clone().cast(FloatDType::F32),
-            Storage::Blocks { codes, scales } => {
-                self.dequantize(codes.clone(), scales.clone()).transpose()
-            }
-            Storage::Bnb4 { codes, absmax, .. } => {
-                self.dequantize(codes.clone(), absmax.clone()).transpose()
-            }
+            Storage::Blocks { codes, scales, .. } => self.dequantize(codes.clone(), scales.clone()),
+            Storage::Bnb4 { codes, absmax, .. } => self.dequantize(codes.clone(), absmax.clone()),
         }
     }
 
@@ -265,13 +282,13 @@ impl<B: Backend> TensorMatrix<B> {
                 };
                 return columns.transpose().reshape([batch, len, hidden]);
             }
-            Storage::Blocks { codes, scales } => {
-                self.dequantize(codes.clone().select(0, ids.clone()), scales.clone().select(0, ids))
+            Storage::Blocks { codes, scales, .. } => {
+                self.dequantize(codes.clone().select(2, ids.clone()), scales.clone().select(2, ids))
             }
             Storage::Bnb4 { codes, absmax, .. } => {
-                self.dequantize(codes.clone().select(0, ids.clone()), absmax.clone().select(0, ids))
+                self.dequantize(codes.clone().select(2, ids.clone()), absmax.clone().select(2, ids))
             }
-        }; // [batch * len, hidden]
-        columns.reshape([batch, len, hidden])
+        }; // [hidden, batch * len]
+        columns.transpose().reshape([batch, len, hidden])
     }
 }
