@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::bnb::{self, Bnb4Matrix};
 use crate::quant;
 use crate::tensors::ModelTensors;
-use crate::weights::{WeightFormat, WeightMatrix};
+use crate::weights::{WeightData, WeightFormat, WeightMatrix};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -162,6 +162,13 @@ impl Checkpoint {
         let stored = self.matrix_storage(name, d_out, d_in)?;
         let format = format.unwrap_or(stored);
         let (file, info) = self.locate(name)?;
+        let float = matches!(
+            stored,
+            WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16
+        );
+        if float && format.for_inputs(d_in).block_format().is_some() {
+            return self.quantize_streaming(file, info, stored, d_out, d_in, format);
+        }
         let bytes = file.read(info)?;
         Ok(match stored {
             WeightFormat::Bnb4 => WeightMatrix::from_bnb(self.read_bnb(name, bytes, d_out, d_in)?, format),
@@ -171,6 +178,50 @@ impl Checkpoint {
             }
             _ => WeightMatrix::from_torch_bytes(&bytes, stored, d_out, d_in, format),
         })
+    }
+
+    /// A float matrix quantized to a block format while it is read, a few MiB of rows at a
+    /// time: quantizing a 7B's lm_head holds its blocks and one chunk, never the whole tensor.
+    fn quantize_streaming(
+        &self,
+        file: &WeightFile,
+        info: &TensorInfo,
+        stored: WeightFormat,
+        d_out: usize,
+        d_in: usize,
+        format: WeightFormat,
+    ) -> Result<WeightMatrix> {
+        const CHUNK_BYTES: usize = 8 << 20;
+        let width = if stored == WeightFormat::F32 { 4 } else { 2 };
+        let row_bytes = d_in * width;
+        let rows_per_chunk = (CHUNK_BYTES / row_bytes.max(1)).max(1);
+        let mut chunk = Vec::new();
+        let mut first = 0;
+        let mut failure = None;
+        let m = WeightMatrix::from_torch_rows(d_out, d_in, format, |o, row| {
+            if failure.is_some() {
+                return;
+            }
+            if o == first + chunk.len() / row_bytes.max(1) || chunk.is_empty() {
+                first = o;
+                let n = rows_per_chunk.min(d_out - o);
+                chunk.resize(n * row_bytes, 0);
+                let offset = file.data_start + (info.data_offsets.0 + o * row_bytes) as u64;
+                if let Err(e) = read_at(&file.file, &mut chunk, offset) {
+                    failure = Some(Error::io(&file.path, e));
+                    return;
+                }
+            }
+            let bytes = &chunk[(o - first) * row_bytes..(o - first + 1) * row_bytes];
+            let one = WeightMatrix::from_torch_bytes(bytes, stored, 1, d_in, WeightFormat::F32);
+            if let WeightData::F32(values) = one.data {
+                row.copy_from_slice(&values);
+            }
+        });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(m),
+        }
     }
 
     /// The format the weight matrix `name` (`[d_out, d_in]`) is stored in, after checking its
