@@ -47,7 +47,10 @@ fn source_dir(model: &str) -> Result<PathBuf, String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let format: WeightFormat = cli.dtype.parse().map_err(|e: falcon_mamba::Error| e.to_string())?;
+    let format: WeightFormat = cli
+        .dtype
+        .parse()
+        .map_err(|e: falcon_mamba::Error| e.to_string())?;
     let src = source_dir(&cli.model)?;
     let start = Instant::now();
     let mut shown = 0;

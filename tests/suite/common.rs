@@ -53,8 +53,9 @@ pub fn backend_under_test() -> String {
 /// `bf16` or `f16`.
 pub fn dtype_under_test() -> Option<WeightFormat> {
     match std::env::var("FALCON_MAMBA_DTYPE") {
-        Ok(name) => WeightFormat::parse_choice(&name)
-            .unwrap_or_else(|e| panic!("FALCON_MAMBA_DTYPE: {e}")),
+        Ok(name) => {
+            WeightFormat::parse_choice(&name).unwrap_or_else(|e| panic!("FALCON_MAMBA_DTYPE: {e}"))
+        }
         Err(_) => None,
     }
 }

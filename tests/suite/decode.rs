@@ -130,7 +130,10 @@ fn weight_kernels_match_an_f64_reference_on_both_paths() {
         }
         // The vector widths add the same products in the same order (the row formats of
         // tests/suite/quant.rs sum their lanes at the end of a row, in a width's own order).
-        if matches!(format, WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16) {
+        if matches!(
+            format,
+            WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16
+        ) {
             assert_eq!(results[0], results[1], "{format}: AVX-512 and AVX2 differ");
         }
     }

@@ -45,7 +45,11 @@ fn q8_0_and_q4_0_equal_gguf_py_byte_for_byte() {
                 block.quantize_row(row, &mut ours);
             }
             assert_eq!(ours, expected.data(), "{case} {name}: bytes differ");
-            let dequant = f32s(file.tensor(&format!("{case}.{name}_dequant")).unwrap().data());
+            let dequant = f32s(
+                file.tensor(&format!("{case}.{name}_dequant"))
+                    .unwrap()
+                    .data(),
+            );
             let mut back = vec![0.0f32; values.len()];
             for (row, out) in ours
                 .chunks_exact(block.row_bytes(cols))
@@ -54,7 +58,11 @@ fn q8_0_and_q4_0_equal_gguf_py_byte_for_byte() {
                 block.dequantize_row(row, out);
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&back), bits(&dequant), "{case} {name}: dequantized values");
+            assert_eq!(
+                bits(&back),
+                bits(&dequant),
+                "{case} {name}: dequantized values"
+            );
         }
     }
 }
@@ -64,7 +72,10 @@ fn bnb_fixtures() -> Vec<PathBuf> {
         .iter()
         .map(|n| fixtures_root().join(n))
         .collect();
-    assert!(dirs.iter().all(|d| d.is_dir()), "bitsandbytes fixtures missing");
+    assert!(
+        dirs.iter().all(|d| d.is_dir()),
+        "bitsandbytes fixtures missing"
+    );
     dirs
 }
 
@@ -148,7 +159,10 @@ fn check_row_kernels(what: &str, matrix: WeightMatrix) {
                     .map(|(&y, &e)| (f64::from(y) - e).abs() / (2.0 * scale).max(1.0))
                     .fold(0.0, f64::max);
                 // A dot product of up to 160 terms of magnitude ≤ 2·|w|, in f32.
-                assert!(worst < 1e-5, "{what} {rows} rows {path:?} {inputs:?}: error {worst:e}");
+                assert!(
+                    worst < 1e-5,
+                    "{what} {rows} rows {path:?} {inputs:?}: error {worst:e}"
+                );
             }
         }
     }
@@ -169,18 +183,29 @@ fn row_kernels_match_an_f64_reference_on_every_path() {
     let (d_in, d_out) = (128, 29);
     for name in ["float32", "float16"] {
         let state = QuantState::parse(
-            format!(r#"{{"quant_type":"nf4","blocksize":64,"dtype":"{name}","shape":[{d_out},{d_in}]}}"#)
-                .as_bytes(),
+            format!(
+                r#"{{"quant_type":"nf4","blocksize":64,"dtype":"{name}","shape":[{d_out},{d_in}]}}"#
+            )
+            .as_bytes(),
         )
         .unwrap();
         let parts = Bnb4Parts {
-            codes: (0..d_out * d_in / 2).map(|i| (i * 131 % 256) as u8).collect(),
-            absmax: Absmax::F32((0..d_out * d_in / 64).map(|i| 0.1 + i as f32 / 37.0).collect()),
+            codes: (0..d_out * d_in / 2)
+                .map(|i| (i * 131 % 256) as u8)
+                .collect(),
+            absmax: Absmax::F32(
+                (0..d_out * d_in / 64)
+                    .map(|i| 0.1 + i as f32 / 37.0)
+                    .collect(),
+            ),
             quant_map: (0..16).map(|k| (k as f32 - 7.5) / 7.3).collect(),
             nested: None,
             state,
         };
-        let m = WeightMatrix::from_bnb(Bnb4Matrix::new(parts, d_out, d_in).unwrap(), WeightFormat::Bnb4);
+        let m = WeightMatrix::from_bnb(
+            Bnb4Matrix::new(parts, d_out, d_in).unwrap(),
+            WeightFormat::Bnb4,
+        );
         assert_eq!(m.format(), WeightFormat::Bnb4);
         check_row_kernels(&format!("bnb4 {name}"), m);
     }
@@ -262,6 +287,7 @@ fn bad_bitsandbytes_states_are_typed_errors_naming_tensor_and_value() {
     let shape = json(r#"{"quant_type":"nf4","blocksize":64,"dtype":"float32","shape":[100,64]}"#);
     let bad = corrupted(&dir, &state_name, Dtype::U8, vec![shape.len()], shape);
     let e = load_error(&bad);
+    let _ = std::fs::remove_dir_all(&bad);
     let text = e.to_string();
     assert!(
         matches!(e, Error::InvalidQuantization { ref name, .. } if name == &state_name),
@@ -272,6 +298,7 @@ fn bad_bitsandbytes_states_are_typed_errors_naming_tensor_and_value() {
     let kind = json(r#"{"quant_type":"nf3","blocksize":64,"dtype":"float32","shape":[128,64]}"#);
     let bad = corrupted(&dir, &state_name, Dtype::U8, vec![kind.len()], kind);
     let text = load_error(&bad).to_string();
+    let _ = std::fs::remove_dir_all(&bad);
     assert!(text.contains("nf3") && text.contains(&state_name), "{text}");
 
     let absmax = format!("{weight}.absmax");
@@ -284,9 +311,7 @@ fn bad_bitsandbytes_states_are_typed_errors_naming_tensor_and_value() {
         "{e:?}"
     );
     assert!(text.contains("has 5 F32 values, expected 128"), "{text}");
-    for d in [bad] {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    let _ = std::fs::remove_dir_all(bad);
 }
 
 #[test]

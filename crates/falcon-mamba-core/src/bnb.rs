@@ -101,7 +101,11 @@ impl QuantState {
         };
         let shape = field("shape")?
             .as_array()
-            .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .and_then(|dims| {
+                dims.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
             .ok_or_else(|| format!("`shape` = {} is not a list of sizes", json["shape"]))?;
         let nested = match json.get("nested_blocksize") {
             None => None,
@@ -228,7 +232,7 @@ impl Bnb4Matrix {
     /// The code of flattened element `i`.
     pub fn code(&self, i: usize) -> usize {
         let byte = self.codes[i / 2];
-        usize::from(if i % 2 == 0 { byte >> 4 } else { byte & 0xF })
+        usize::from(if i.is_multiple_of(2) { byte >> 4 } else { byte & 0xF })
     }
 
     /// The matrix dequantised exactly as bitsandbytes does, row-major `[out, in]`.
@@ -259,13 +263,18 @@ mod tests {
     fn parses_and_rejects() {
         let s = state(r#"{"quant_type":"nf4","blocksize":64,"dtype":"float32","shape":[4,64]}"#)
             .unwrap();
-        assert_eq!((s.blocksize, s.dtype, s.shape.clone()), (64, WeightFormat::F32, vec![4, 64]));
+        assert_eq!(
+            (s.blocksize, s.dtype, s.shape.clone()),
+            (64, WeightFormat::F32, vec![4, 64])
+        );
         let err = state(r#"{"quant_type":"int3","blocksize":64,"dtype":"float32","shape":[4,64]}"#)
             .unwrap_err();
         assert!(err.contains("int3"), "{err}");
-        assert!(state(r#"{"quant_type":"nf4","blocksize":0,"dtype":"float32","shape":[1]}"#)
-            .unwrap_err()
-            .contains("blocksize"));
+        assert!(
+            state(r#"{"quant_type":"nf4","blocksize":0,"dtype":"float32","shape":[1]}"#)
+                .unwrap_err()
+                .contains("blocksize")
+        );
     }
 
     #[test]

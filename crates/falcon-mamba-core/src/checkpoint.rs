@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde::Deserialize;
 
+use crate::bnb::{self, Bnb4Matrix};
 use crate::config::FalconMambaConfig;
 use crate::error::{Error, Result};
-use crate::bnb::{self, Bnb4Matrix};
 use crate::quant;
 use crate::tensors::ModelTensors;
 use crate::weights::{WeightData, WeightFormat, WeightMatrix};
@@ -171,9 +171,13 @@ impl Checkpoint {
         }
         let bytes = file.read(info)?;
         Ok(match stored {
-            WeightFormat::Bnb4 => WeightMatrix::from_bnb(self.read_bnb(name, bytes, d_out, d_in)?, format),
+            WeightFormat::Bnb4 => {
+                WeightMatrix::from_bnb(self.read_bnb(name, bytes, d_out, d_in)?, format)
+            }
             WeightFormat::Q8 | WeightFormat::Q4 => {
-                let block = stored.block_format().unwrap_or_else(|| unreachable!("a block format"));
+                let block = stored
+                    .block_format()
+                    .unwrap_or_else(|| unreachable!("a block format"));
                 WeightMatrix::from_blocks(bytes, block, d_out, d_in, format)
             }
             _ => WeightMatrix::from_torch_bytes(&bytes, stored, d_out, d_in, format),
@@ -242,7 +246,7 @@ impl Checkpoint {
             let Some(block) = format.block_format() else {
                 continue;
             };
-            if d_in % quant::BLOCK == 0 && info.shape == [d_out, block.row_bytes(d_in)] {
+            if d_in.is_multiple_of(quant::BLOCK) && info.shape == [d_out, block.row_bytes(d_in)] {
                 return Ok(format);
             }
         }
@@ -344,7 +348,13 @@ impl Checkpoint {
     }
 
     /// Reads bitsandbytes weight `name`'s companions around its `codes`.
-    fn read_bnb(&self, name: &str, codes: Vec<u8>, d_out: usize, d_in: usize) -> Result<Bnb4Matrix> {
+    fn read_bnb(
+        &self,
+        name: &str,
+        codes: Vec<u8>,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<Bnb4Matrix> {
         let (state_name, state) = self.bnb_state(name)?;
         let f32s = |suffix: &str| self.read_f32(&format!("{name}{suffix}")).map(|(v, _)| v);
         let absmax_name = format!("{name}{}", bnb::ABSMAX);

@@ -30,14 +30,14 @@ pub mod tensors;
 pub mod tokenizer;
 pub mod weights;
 
+pub use bnb::Bnb4Matrix;
 pub use chat::{ChatTemplate, Message};
 pub use checkpoint::Checkpoint;
 pub use config::{FalconMambaConfig, ModelType};
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Prefill};
+pub use quant::BlockFormat;
 pub use sampling::Sampler;
 pub use tensors::{expected_tensors, LayerTensors, ModelTensors, TensorSpec};
 pub use tokenizer::{DecodeStream, Tokenizer};
 pub use weights::{WeightData, WeightFormat, WeightMatrix};
-pub use quant::BlockFormat;
-pub use bnb::Bnb4Matrix;

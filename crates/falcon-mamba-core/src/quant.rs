@@ -167,10 +167,15 @@ mod tests {
 
     #[test]
     fn error_within_half_a_step() {
-        let row: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        let row: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
         // Q4_0 maps the largest magnitude to -8 steps, so values of the other sign near it clip
         // at +7: a whole step.
-        for (format, step) in [(BlockFormat::Q8_0, 0.5 / 127.0), (BlockFormat::Q4_0, 1.0 / 8.0)] {
+        for (format, step) in [
+            (BlockFormat::Q8_0, 0.5 / 127.0),
+            (BlockFormat::Q4_0, 1.0 / 8.0),
+        ] {
             let out = roundtrip(format, &row);
             for (block, deq) in row.chunks(32).zip(out.chunks(32)) {
                 let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -191,7 +196,7 @@ mod tests {
         let mut bytes = Vec::new();
         BlockFormat::Q4_0.quantize_row(&row, &mut bytes);
         assert_eq!(half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32(), 1.0);
-        assert_eq!(bytes[2], 0x0 | (15 << 4)); // -8 + 8 = 0; 7 + 8 = 15
+        assert_eq!(bytes[2], 15 << 4); // low: -8 + 8 = 0; high: 7 + 8 = 15
         assert_eq!(bytes[3], 9 | (8 << 4));
     }
 }

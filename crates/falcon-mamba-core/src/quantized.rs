@@ -87,7 +87,9 @@ pub fn write_quantized(
             let kept = format.for_inputs(d_in);
             let bytes = kept.matrix_bytes(d_out, d_in).unwrap_or(u64::MAX);
             let (dtype, shape) = match kept {
-                WeightFormat::Q8 | WeightFormat::Q4 => ("U8", vec![d_out, bytes as usize / d_out.max(1)]),
+                WeightFormat::Q8 | WeightFormat::Q4 => {
+                    ("U8", vec![d_out, bytes as usize / d_out.max(1)])
+                }
                 WeightFormat::Bf16 => ("BF16", spec.shape.clone()),
                 WeightFormat::F16 => ("F16", spec.shape.clone()),
                 _ => ("F32", spec.shape.clone()),

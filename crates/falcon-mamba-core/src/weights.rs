@@ -65,7 +65,7 @@ impl WeightFormat {
     /// (exact, and as llama.cpp does with rows it cannot block).
     pub fn for_inputs(self, d_in: usize) -> WeightFormat {
         match self.block_format() {
-            Some(_) if d_in % BLOCK != 0 => WeightFormat::F32,
+            Some(_) if !d_in.is_multiple_of(BLOCK) => WeightFormat::F32,
             _ => self,
         }
     }

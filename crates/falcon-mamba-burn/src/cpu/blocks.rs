@@ -82,7 +82,7 @@ impl Tiles {
     }
 
     /// GGUF-order rows (`d_out` rows of `blocks` blocks) in tile order.
-    pub fn from_rows(&self, rows: &[u8]) -> Vec<u8> {
+    pub fn tile_rows(&self, rows: &[u8]) -> Vec<u8> {
         let size = self.format.block_bytes();
         let mut out = vec![0u8; self.len()];
         for o in 0..self.d_out {
@@ -150,7 +150,8 @@ pub(super) fn accumulate_blocks(path: KernelPath, tiles: Tiles, bytes: &[u8], jo
     {
         use super::matrix::Isa;
         let q4 = tiles.format == BlockFormat::Q4_0;
-        let vnni = path == KernelPath::Detected && std::arch::is_x86_feature_detected!("avx512vnni");
+        let vnni =
+            path == KernelPath::Detected && std::arch::is_x86_feature_detected!("avx512vnni");
         match super::matrix::isa_for(path) {
             // SAFETY: `isa_for` checked AVX-512 F and BW, F16C; VNNI is checked above.
             Isa::Avx512 if vnni => unsafe {
@@ -274,6 +275,9 @@ mod vnni {
     //! Helpers are functions, not closures: a closure would not inherit the caller's target
     //! features, and every intrinsic in it would become a call.
 
+    // Index loops over the register arrays read like the math (row m, piece k).
+    #![allow(clippy::needless_range_loop)]
+
     use std::arch::x86_64::*;
 
     use super::{add_lanes, checked_blocks, in_chunks, panels, RowJob, Tiles, BLOCK, TILE};
@@ -315,7 +319,12 @@ mod vnni {
                 *b = (q as i32 + offset) as u8;
             }
             for (g, word) in pieces.words[k].iter_mut().enumerate() {
-                *word = i32::from_le_bytes([bytes[4 * g], bytes[4 * g + 1], bytes[4 * g + 2], bytes[4 * g + 3]]);
+                *word = i32::from_le_bytes([
+                    bytes[4 * g],
+                    bytes[4 * g + 1],
+                    bytes[4 * g + 2],
+                    bytes[4 * g + 3],
+                ]);
             }
             pieces.scales[k] = scale;
             pieces.sums[k] = sum as f32;
@@ -340,7 +349,10 @@ mod vnni {
         let pieces: Vec<Vec<Pieces>> = (0..job.rows())
             .map(|m| {
                 let x = &job.x[m * job.x_stride..];
-                blocks.clone().map(|b| split(&x[b * BLOCK..(b + 1) * BLOCK], offset)).collect()
+                blocks
+                    .clone()
+                    .map(|b| split(&x[b * BLOCK..(b + 1) * BLOCK], offset))
+                    .collect()
             })
             .collect();
         in_chunks(job.rows(), 4, |m0, n| {
@@ -371,81 +383,98 @@ mod vnni {
         let record_len = tiles.record();
         let mut lanes = [0.0f32; TILE];
         for panel in panels(blocks.clone()) {
-        for t in job.outputs.start / TILE..job.outputs.end.div_ceil(TILE) {
-            // SAFETY (the block): every record lies in `bytes` (sliced); prefetches may point
-            // anywhere; the features are enabled by the caller.
-            unsafe {
-                let mut total = [_mm512_setzero_ps(); R];
-                for b in panel.clone() {
-                    let i = b - blocks.start;
-                    let record = bytes[tiles.at(t, b)..][..record_len].as_ptr();
-                    for line in (0..record_len).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(record.wrapping_add(AHEAD + line).cast());
-                    }
-                    let codes = record.add(2 * TILE);
-                    let x: [&Pieces; R] = std::array::from_fn(|m| &pieces[m0 + m][i]);
-                    let mut acc = [[_mm512_setzero_si512(); 3]; R];
-                    let value = if Q4 {
-                        let mask = _mm512_set1_epi8(0x0F);
-                        for c in 0..BLOCK / 8 {
-                            let v = _mm512_loadu_si512(codes.add(64 * c).cast());
-                            let lo = _mm512_and_si512(v, mask);
-                            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-                            for m in 0..R {
-                                for k in 0..3 {
-                                    let words = &x[m].words[k];
-                                    let a = _mm512_dpbusd_epi32(acc[m][k], lo, _mm512_set1_epi32(words[c]));
-                                    acc[m][k] = _mm512_dpbusd_epi32(a, hi, _mm512_set1_epi32(words[c + 4]));
+            for t in job.outputs.start / TILE..job.outputs.end.div_ceil(TILE) {
+                // SAFETY (the block): every record lies in `bytes` (sliced); prefetches may point
+                // anywhere; the features are enabled by the caller.
+                unsafe {
+                    let mut total = [_mm512_setzero_ps(); R];
+                    for b in panel.clone() {
+                        let i = b - blocks.start;
+                        let record = bytes[tiles.at(t, b)..][..record_len].as_ptr();
+                        for line in (0..record_len).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(record.wrapping_add(AHEAD + line).cast());
+                        }
+                        let codes = record.add(2 * TILE);
+                        let x: [&Pieces; R] = std::array::from_fn(|m| &pieces[m0 + m][i]);
+                        let mut acc = [[_mm512_setzero_si512(); 3]; R];
+                        let value = if Q4 {
+                            let mask = _mm512_set1_epi8(0x0F);
+                            for c in 0..BLOCK / 8 {
+                                let v = _mm512_loadu_si512(codes.add(64 * c).cast());
+                                let lo = _mm512_and_si512(v, mask);
+                                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+                                for m in 0..R {
+                                    for k in 0..3 {
+                                        let words = &x[m].words[k];
+                                        let a = _mm512_dpbusd_epi32(
+                                            acc[m][k],
+                                            lo,
+                                            _mm512_set1_epi32(words[c]),
+                                        );
+                                        acc[m][k] = _mm512_dpbusd_epi32(
+                                            a,
+                                            hi,
+                                            _mm512_set1_epi32(words[c + 4]),
+                                        );
+                                    }
                                 }
                             }
-                        }
-                        let mut value = [_mm512_setzero_ps(); R];
-                        for m in 0..R {
-                            for k in 0..3 {
-                                // Σ (q - 8)·p = Σ q·p - 8·Σ p.
-                                let d = _mm512_sub_ps(
-                                    _mm512_cvtepi32_ps(acc[m][k]),
-                                    _mm512_set1_ps(8.0 * x[m].sums[k]),
-                                );
-                                value[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m].scales[k]), d, value[m]);
-                            }
-                        }
-                        value
-                    } else {
-                        let ones = _mm512_set1_epi8(1);
-                        let mut code_sum = _mm512_setzero_si512();
-                        for g in 0..BLOCK / 4 {
-                            let w = _mm512_loadu_si512(codes.add(64 * g).cast());
-                            code_sum = _mm512_dpbusd_epi32(code_sum, ones, w);
+                            let mut value = [_mm512_setzero_ps(); R];
                             for m in 0..R {
                                 for k in 0..3 {
-                                    let p = _mm512_set1_epi32(x[m].words[k][g]);
-                                    acc[m][k] = _mm512_dpbusd_epi32(acc[m][k], p, w);
+                                    // Σ (q - 8)·p = Σ q·p - 8·Σ p.
+                                    let d = _mm512_sub_ps(
+                                        _mm512_cvtepi32_ps(acc[m][k]),
+                                        _mm512_set1_ps(8.0 * x[m].sums[k]),
+                                    );
+                                    value[m] = _mm512_fmadd_ps(
+                                        _mm512_set1_ps(x[m].scales[k]),
+                                        d,
+                                        value[m],
+                                    );
                                 }
                             }
-                        }
-                        // Σ (p + 128)·q - 128·Σ q = Σ p·q.
-                        let offset = _mm512_mul_ps(_mm512_set1_ps(128.0), _mm512_cvtepi32_ps(code_sum));
-                        let mut value = [_mm512_setzero_ps(); R];
-                        for m in 0..R {
-                            for k in 0..3 {
-                                let d = _mm512_sub_ps(_mm512_cvtepi32_ps(acc[m][k]), offset);
-                                value[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m].scales[k]), d, value[m]);
+                            value
+                        } else {
+                            let ones = _mm512_set1_epi8(1);
+                            let mut code_sum = _mm512_setzero_si512();
+                            for g in 0..BLOCK / 4 {
+                                let w = _mm512_loadu_si512(codes.add(64 * g).cast());
+                                code_sum = _mm512_dpbusd_epi32(code_sum, ones, w);
+                                for m in 0..R {
+                                    for k in 0..3 {
+                                        let p = _mm512_set1_epi32(x[m].words[k][g]);
+                                        acc[m][k] = _mm512_dpbusd_epi32(acc[m][k], p, w);
+                                    }
+                                }
                             }
+                            // Σ (p + 128)·q - 128·Σ q = Σ p·q.
+                            let offset =
+                                _mm512_mul_ps(_mm512_set1_ps(128.0), _mm512_cvtepi32_ps(code_sum));
+                            let mut value = [_mm512_setzero_ps(); R];
+                            for m in 0..R {
+                                for k in 0..3 {
+                                    let d = _mm512_sub_ps(_mm512_cvtepi32_ps(acc[m][k]), offset);
+                                    value[m] = _mm512_fmadd_ps(
+                                        _mm512_set1_ps(x[m].scales[k]),
+                                        d,
+                                        value[m],
+                                    );
+                                }
+                            }
+                            value
+                        };
+                        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(record.cast()));
+                        for m in 0..R {
+                            total[m] = _mm512_fmadd_ps(scales, value[m], total[m]);
                         }
-                        value
-                    };
-                    let scales = _mm512_cvtph_ps(_mm256_loadu_si256(record.cast()));
-                    for m in 0..R {
-                        total[m] = _mm512_fmadd_ps(scales, value[m], total[m]);
                     }
-                }
-                for (m, &v) in total.iter().enumerate() {
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-                    add_lanes(job, m0 + m, t * TILE, &lanes);
+                    for (m, &v) in total.iter().enumerate() {
+                        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+                        add_lanes(job, m0 + m, t * TILE, &lanes);
+                    }
                 }
             }
-        }
         }
     }
 }
@@ -497,7 +526,12 @@ mod avx2 {
 
     /// `sums[m] += w · x[m][j]`.
     #[inline(always)]
-    unsafe fn madd<const R: usize>(w: __m256, xs: &[*const f32; R], j: usize, sums: &mut [__m256; R]) {
+    unsafe fn madd<const R: usize>(
+        w: __m256,
+        xs: &[*const f32; R],
+        j: usize,
+        sums: &mut [__m256; R],
+    ) {
         unsafe {
             for m in 0..R {
                 sums[m] = _mm256_fmadd_ps(w, _mm256_set1_ps(*xs[m].add(j)), sums[m]);
@@ -517,55 +551,56 @@ mod avx2 {
         let x_rows: [&[f32]; R] = std::array::from_fn(|m| &job.x[(m0 + m) * job.x_stride..]);
         let mut lanes = [0.0f32; TILE / 2];
         for panel in panels(blocks) {
-        for t in job.outputs.start / TILE..job.outputs.end.div_ceil(TILE) {
-            for h in 0..2 {
-                // SAFETY (the block): every record lies in `bytes` (sliced), each x row holds
-                // the block's inputs (checked by the caller).
-                unsafe {
-                    let mut total = [_mm256_setzero_ps(); R];
-                    for b in panel.clone() {
-                        let record = bytes[tiles.at(t, b)..][..record_len].as_ptr();
-                        let codes = record.add(2 * TILE + 32 * h);
-                        let xs: [*const f32; R] = x_rows.map(|x| x[b * BLOCK..].as_ptr());
-                        // Two chains per input row: each sum's adds wait on the one before.
-                        let mut even = [_mm256_setzero_ps(); R];
-                        let mut odd = [_mm256_setzero_ps(); R];
-                        // Q4_0 packs two codes a byte: half the groups.
-                        let groups = if Q4 { BLOCK / 8 } else { BLOCK / 4 };
-                        for g in 0..groups {
-                            let v = _mm256_loadu_si256(codes.add(64 * g).cast());
-                            if Q4 {
-                                // Byte i holds codes 4g + i (low) and 16 + 4g + i (high).
-                                let j = 4 * g;
-                                madd(nibble::<0>(v), &xs, j, &mut even);
-                                madd(nibble::<4>(v), &xs, j + 16, &mut odd);
-                                madd(nibble::<8>(v), &xs, j + 1, &mut even);
-                                madd(nibble::<12>(v), &xs, j + 17, &mut odd);
-                                madd(nibble::<16>(v), &xs, j + 2, &mut even);
-                                madd(nibble::<20>(v), &xs, j + 18, &mut odd);
-                                madd(nibble::<24>(v), &xs, j + 3, &mut even);
-                                madd(nibble::<28>(v), &xs, j + 19, &mut odd);
-                            } else {
-                                let j = 4 * g;
-                                madd(signed_byte::<24>(v), &xs, j, &mut even);
-                                madd(signed_byte::<16>(v), &xs, j + 1, &mut odd);
-                                madd(signed_byte::<8>(v), &xs, j + 2, &mut even);
-                                madd(signed_byte::<0>(v), &xs, j + 3, &mut odd);
+            for t in job.outputs.start / TILE..job.outputs.end.div_ceil(TILE) {
+                for h in 0..2 {
+                    // SAFETY (the block): every record lies in `bytes` (sliced), each x row holds
+                    // the block's inputs (checked by the caller).
+                    unsafe {
+                        let mut total = [_mm256_setzero_ps(); R];
+                        for b in panel.clone() {
+                            let record = bytes[tiles.at(t, b)..][..record_len].as_ptr();
+                            let codes = record.add(2 * TILE + 32 * h);
+                            let xs: [*const f32; R] = x_rows.map(|x| x[b * BLOCK..].as_ptr());
+                            // Two chains per input row: each sum's adds wait on the one before.
+                            let mut even = [_mm256_setzero_ps(); R];
+                            let mut odd = [_mm256_setzero_ps(); R];
+                            // Q4_0 packs two codes a byte: half the groups.
+                            let groups = if Q4 { BLOCK / 8 } else { BLOCK / 4 };
+                            for g in 0..groups {
+                                let v = _mm256_loadu_si256(codes.add(64 * g).cast());
+                                if Q4 {
+                                    // Byte i holds codes 4g + i (low) and 16 + 4g + i (high).
+                                    let j = 4 * g;
+                                    madd(nibble::<0>(v), &xs, j, &mut even);
+                                    madd(nibble::<4>(v), &xs, j + 16, &mut odd);
+                                    madd(nibble::<8>(v), &xs, j + 1, &mut even);
+                                    madd(nibble::<12>(v), &xs, j + 17, &mut odd);
+                                    madd(nibble::<16>(v), &xs, j + 2, &mut even);
+                                    madd(nibble::<20>(v), &xs, j + 18, &mut odd);
+                                    madd(nibble::<24>(v), &xs, j + 3, &mut even);
+                                    madd(nibble::<28>(v), &xs, j + 19, &mut odd);
+                                } else {
+                                    let j = 4 * g;
+                                    madd(signed_byte::<24>(v), &xs, j, &mut even);
+                                    madd(signed_byte::<16>(v), &xs, j + 1, &mut odd);
+                                    madd(signed_byte::<8>(v), &xs, j + 2, &mut even);
+                                    madd(signed_byte::<0>(v), &xs, j + 3, &mut odd);
+                                }
+                            }
+                            let scales =
+                                _mm256_cvtph_ps(_mm_loadu_si128(record.add(16 * h).cast()));
+                            for m in 0..R {
+                                let block = _mm256_add_ps(even[m], odd[m]);
+                                total[m] = _mm256_fmadd_ps(scales, block, total[m]);
                             }
                         }
-                        let scales = _mm256_cvtph_ps(_mm_loadu_si128(record.add(16 * h).cast()));
-                        for m in 0..R {
-                            let block = _mm256_add_ps(even[m], odd[m]);
-                            total[m] = _mm256_fmadd_ps(scales, block, total[m]);
+                        for (m, &v) in total.iter().enumerate() {
+                            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                            add_lanes(job, m0 + m, t * TILE + h * (TILE / 2), &lanes);
                         }
-                    }
-                    for (m, &v) in total.iter().enumerate() {
-                        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-                        add_lanes(job, m0 + m, t * TILE + h * (TILE / 2), &lanes);
                     }
                 }
             }
-        }
         }
     }
 }

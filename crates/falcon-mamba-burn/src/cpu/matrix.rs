@@ -15,7 +15,7 @@ use std::sync::Arc;
 use falcon_mamba_core::quant::BLOCK;
 use falcon_mamba_core::{BlockFormat, Bnb4Matrix, WeightData, WeightFormat, WeightMatrix};
 
-use super::blocks::{self, Tiles, RowJob};
+use super::blocks::{self, RowJob, Tiles};
 use super::scan::madd;
 use crate::ops::Matrix;
 
@@ -78,11 +78,11 @@ impl From<WeightMatrix> for HostMatrix {
             WeightData::F16(v) => Values::F16(v.into()),
             WeightData::Q8(rows) => {
                 let tiles = Tiles::new(BlockFormat::Q8_0, m.d_out, m.d_in);
-                Values::Blocks(tiles, tiles.from_rows(&rows).into())
+                Values::Blocks(tiles, tiles.tile_rows(&rows).into())
             }
             WeightData::Q4(rows) => {
                 let tiles = Tiles::new(BlockFormat::Q4_0, m.d_out, m.d_in);
-                Values::Blocks(tiles, tiles.from_rows(&rows).into())
+                Values::Blocks(tiles, tiles.tile_rows(&rows).into())
             }
             WeightData::Bnb4(m) => Values::Bnb4(Arc::new(m)),
         };

@@ -2,9 +2,9 @@
 //! any format), the scan and conv as vectorised kernels, projections that read each weight once
 //! per step, and a fused decode step.
 
+mod blocks;
 pub mod decode;
 pub mod matrix;
-mod blocks;
 pub mod matvec;
 pub mod scan;
 

@@ -62,7 +62,9 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     pub fn weight_format(&self) -> WeightFormat {
         self.layers
             .first()
-            .map_or(self.lm_head.weight.format(), |b| b.mixer.in_proj.weight.format())
+            .map_or(self.lm_head.weight.format(), |b| {
+                b.mixer.in_proj.weight.format()
+            })
     }
 
     /// Bytes of weights a decode step reads: every block's, norm_f's and lm_head's (with tied

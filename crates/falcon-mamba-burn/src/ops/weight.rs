@@ -6,8 +6,8 @@ use std::fmt::Debug;
 
 use burn::prelude::*;
 use burn::tensor::backend::DTypeUsage;
-use burn::tensor::{DType, FloatDType, TensorCreationOptions};
 use burn::tensor::ElementConversion;
+use burn::tensor::{DType, FloatDType, TensorCreationOptions};
 use falcon_mamba_core::{quant, Error, Result, WeightData, WeightFormat, WeightMatrix};
 
 use super::SelectiveScanBackend;
@@ -111,7 +111,12 @@ fn pack_words<B: Backend>(
 }
 
 /// Per-row block scales (`d_out` rows of `blocks`) as `[blocks, 1, out]`.
-fn pack_scales<B: Backend>(scales: &[f32], d_out: usize, blocks: usize, device: &B::Device) -> Tensor<B, 3> {
+fn pack_scales<B: Backend>(
+    scales: &[f32],
+    d_out: usize,
+    blocks: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
     let mut packed = vec![0f32; scales.len()];
     for (i, &s) in scales.iter().enumerate() {
         packed[(i % blocks) * d_out + i / blocks] = s;
@@ -282,12 +287,14 @@ impl<B: Backend> TensorMatrix<B> {
                 };
                 return columns.transpose().reshape([batch, len, hidden]);
             }
-            Storage::Blocks { codes, scales, .. } => {
-                self.dequantize(codes.clone().select(2, ids.clone()), scales.clone().select(2, ids))
-            }
-            Storage::Bnb4 { codes, absmax, .. } => {
-                self.dequantize(codes.clone().select(2, ids.clone()), absmax.clone().select(2, ids))
-            }
+            Storage::Blocks { codes, scales, .. } => self.dequantize(
+                codes.clone().select(2, ids.clone()),
+                scales.clone().select(2, ids),
+            ),
+            Storage::Bnb4 { codes, absmax, .. } => self.dequantize(
+                codes.clone().select(2, ids.clone()),
+                absmax.clone().select(2, ids),
+            ),
         }; // [hidden, batch * len]
         columns.transpose().reshape([batch, len, hidden])
     }
