@@ -232,7 +232,11 @@ impl Bnb4Matrix {
     /// The code of flattened element `i`.
     pub fn code(&self, i: usize) -> usize {
         let byte = self.codes[i / 2];
-        usize::from(if i.is_multiple_of(2) { byte >> 4 } else { byte & 0xF })
+        usize::from(if i.is_multiple_of(2) {
+            byte >> 4
+        } else {
+            byte & 0xF
+        })
     }
 
     /// The matrix dequantised exactly as bitsandbytes does, row-major `[out, in]`.
