@@ -75,6 +75,15 @@ pub fn load_in<B: SelectiveScanBackend>(
 /// matrices went through `format` and back to f32: what a model loaded from `dir` in `format`
 /// computes with, for an f32 model to run as its reference.
 pub fn rounded_copy(dir: &Path, format: WeightFormat) -> PathBuf {
+    rounded_copy_where(dir, format, |_| true)
+}
+
+/// [`rounded_copy`] of the matrices `rounded` picks (by name) only.
+pub fn rounded_copy_where(
+    dir: &Path,
+    format: WeightFormat,
+    rounded: impl Fn(&str) -> bool,
+) -> PathBuf {
     // Tests run in parallel and may round the same fixture: each call gets its own folder.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -95,7 +104,9 @@ pub fn rounded_copy(dir: &Path, format: WeightFormat) -> PathBuf {
                     .read_matrix(&spec.name, d_out, d_in, Some(WeightFormat::F32))
                     .unwrap();
                 let mut values = m.to_torch_f32();
-                format.round_matrix(&mut values, d_in);
+                if rounded(&spec.name) {
+                    format.round_matrix(&mut values, d_in);
+                }
                 (values, spec.shape.clone())
             } else {
                 checkpoint.read_f32(&spec.name).unwrap()

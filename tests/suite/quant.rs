@@ -331,3 +331,103 @@ fn embeddings_on<Bk: falcon_mamba::SelectiveScanBackend>() {
         assert_eq!(&all[hidden..2 * hidden], &single[..], "{format}");
     }
 }
+
+/// Next-token distributions (softmax of the logits) at every position of `prompts`.
+fn distributions(model: &FalconMamba<B>, prompts: &[Vec<u32>]) -> Vec<Vec<f64>> {
+    let mut out = Vec::new();
+    for prompt in prompts {
+        let ids = model.input_ids(std::slice::from_ref(prompt)).unwrap();
+        let mut state = model.new_state(1);
+        let logits: Vec<f32> = model
+            .forward(ids, &mut state)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let vocab = model.config().vocab_size;
+        for row in logits.chunks_exact(vocab) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let exp: Vec<f64> = row.iter().map(|&v| f64::from(v - max).exp()).collect();
+            let total: f64 = exp.iter().sum();
+            out.push(exp.into_iter().map(|e| e / total).collect());
+        }
+    }
+    out
+}
+
+/// (top-1 agreement, mean KL(reference ‖ other) in nats) over matching positions.
+fn agreement(reference: &[Vec<f64>], other: &[Vec<f64>]) -> (f64, f64) {
+    let argmax = |p: &[f64]| {
+        p.iter()
+            .enumerate()
+            .fold((0, f64::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .0
+    };
+    let mut same = 0;
+    let mut kl = 0.0;
+    for (p, q) in reference.iter().zip(other) {
+        same += usize::from(argmax(p) == argmax(q));
+        kl += p
+            .iter()
+            .zip(q)
+            .filter(|(&p, _)| p > 0.0)
+            .map(|(&p, &q)| p * (p / q.max(1e-300)).ln())
+            .sum::<f64>();
+    }
+    let n = reference.len() as f64;
+    (same as f64 / n, kl / n)
+}
+
+/// Quality of q8 and q4 against f32, whole model and with the embedding / lm_head kept f32,
+/// on the tokenizer-real tiny model and the `small` fixture (random weights: the numbers are
+/// relative, see README). Printed for BENCHMARKS.md; the bounds only catch a broken quantiser.
+#[test]
+fn quantized_logits_stay_close_to_the_f32_model() {
+    let tiny = crate::common::tiny_model();
+    let tokenizer = falcon_mamba::Tokenizer::from_file(tiny.join("tokenizer.json")).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("expected.json")).unwrap()).unwrap();
+    let tiny_prompts: Vec<Vec<u32>> = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| tokenizer.encode(c["prompt"].as_str().unwrap()).unwrap())
+        .collect();
+    let small = fixtures_root().join("small");
+    let reference = crate::common::Reference::open(&small);
+    let small_prompts: Vec<Vec<u32>> = ["b1", "b2"]
+        .iter()
+        .flat_map(|b| reference.ids(&format!("{b}.input_ids")))
+        .collect();
+    for (dir, prompts) in [(tiny, tiny_prompts), (small, small_prompts)] {
+        let f32_model = load_in::<B>(&dir, WeightFormat::F32);
+        let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
+        let embedding_names: Vec<String> = {
+            let t = falcon_mamba::core::ModelTensors::new(&config);
+            std::iter::once(t.embedding.name).chain(t.lm_head.map(|l| l.name)).collect()
+        };
+        let base = distributions(&f32_model, &prompts);
+        for format in [WeightFormat::Q8, WeightFormat::Q4] {
+            let all = distributions(&load_in::<B>(&dir, format), &prompts);
+            let copy = crate::common::rounded_copy_where(&dir, format, |name| {
+                !embedding_names.iter().any(|e| e == name)
+            });
+            let projections = distributions(&load_in::<B>(&copy, WeightFormat::F32), &prompts);
+            let _ = std::fs::remove_dir_all(&copy);
+            let (top1, kl) = agreement(&base, &all);
+            let (top1_p, kl_p) = agreement(&base, &projections);
+            println!(
+                "quality {:<18} {format}: all matrices top-1 {:.3} KL {kl:.2e} | embedding/lm_head f32 top-1 {:.3} KL {kl_p:.2e} ({} positions)",
+                dir.file_name().unwrap().to_string_lossy(),
+                top1,
+                top1_p,
+                base.len()
+            );
+            let (min_top1, max_kl) = match format {
+                WeightFormat::Q8 => (0.9, 0.01),
+                _ => (0.25, 0.3),
+            };
+            assert!(top1 >= min_top1 && kl <= max_kl, "{format}: top-1 {top1}, KL {kl}");
+        }
+    }
+}
