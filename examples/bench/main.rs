@@ -61,7 +61,7 @@ struct Cli {
     /// per buffer, less than a 65024-row f32 embedding, so a wgpu run there needs a smaller one.
     #[arg(long, default_value_t = 65024)]
     vocab: usize,
-    /// Weight format: f32, bf16 or f16 (activations and the state are f32).
+    /// Weight format: f32, bf16, f16, q8 or q4 (activations and the state are f32).
     #[arg(long, default_value = "f32")]
     dtype: WeightFormat,
     /// What to measure: any of bandwidth, decode, prefill.

@@ -360,7 +360,10 @@ fn agreement(reference: &[Vec<f64>], other: &[Vec<f64>]) -> (f64, f64) {
     let argmax = |p: &[f64]| {
         p.iter()
             .enumerate()
-            .fold((0, f64::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .fold(
+                (0, f64::MIN),
+                |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+            )
             .0
     };
     let mut same = 0;
@@ -386,7 +389,8 @@ fn quantized_logits_stay_close_to_the_f32_model() {
     let tiny = crate::common::tiny_model();
     let tokenizer = falcon_mamba::Tokenizer::from_file(tiny.join("tokenizer.json")).unwrap();
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny.join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("expected.json")).unwrap())
+            .unwrap();
     let tiny_prompts: Vec<Vec<u32>> = expected["cases"]
         .as_array()
         .unwrap()
@@ -404,7 +408,9 @@ fn quantized_logits_stay_close_to_the_f32_model() {
         let config = FalconMambaConfig::from_file(dir.join("config.json")).unwrap();
         let embedding_names: Vec<String> = {
             let t = falcon_mamba::core::ModelTensors::new(&config);
-            std::iter::once(t.embedding.name).chain(t.lm_head.map(|l| l.name)).collect()
+            std::iter::once(t.embedding.name)
+                .chain(t.lm_head.map(|l| l.name))
+                .collect()
         };
         let base = distributions(&f32_model, &prompts);
         for format in [WeightFormat::Q8, WeightFormat::Q4] {
@@ -427,7 +433,10 @@ fn quantized_logits_stay_close_to_the_f32_model() {
                 WeightFormat::Q8 => (0.9, 0.01),
                 _ => (0.25, 0.3),
             };
-            assert!(top1 >= min_top1 && kl <= max_kl, "{format}: top-1 {top1}, KL {kl}");
+            assert!(
+                top1 >= min_top1 && kl <= max_kl,
+                "{format}: top-1 {top1}, KL {kl}"
+            );
         }
     }
 }

@@ -2,9 +2,10 @@
 //! (burn-ndarray has no bf16 or f16 tensors), and the one accumulate routine per format that the
 //! op-by-op projections and the fused decode step share.
 //!
-//! The routine is an axpy over `[in, out]` rows: every weight row segment is read once, widened
-//! to f32 in registers (bf16 by a 16-bit shift, f16 through F16C) and added, scaled, to every
-//! input row's accumulator. On x86-64 with AVX2 + FMA + F16C it runs on explicit 8-lane vectors,
+//! The quantized formats (Q8_0, Q4_0, bitsandbytes 4-bit) have theirs in [`super::blocks`]. For
+//! the float formats the routine is an axpy over `[in, out]` rows: every weight row segment is
+//! read once, widened to f32 in registers (bf16 by a 16-bit shift, f16 through F16C) and added,
+//! scaled, to every input row's accumulator. On x86-64 with AVX2 + FMA + F16C it runs on explicit 8-lane vectors,
 //! 16-lane where the CPU has AVX-512 (the same bits: every lane adds the same products in the
 //! same order); elsewhere on a portable loop, which differs only by rounding each product
 //! before adding it.
