@@ -440,3 +440,19 @@ fn quantized_logits_stay_close_to_the_f32_model() {
         }
     }
 }
+
+#[test]
+fn row_kernels_carry_a_nan_input_to_the_outputs() {
+    let (d_in, d_out) = (64, 16);
+    let w: Vec<f32> = (0..d_in * d_out).map(|i| (i % 13) as f32 / 13.0).collect();
+    for format in [WeightFormat::Q8, WeightFormat::Q4] {
+        let host = HostMatrix::from(WeightMatrix::from_f32(w.clone(), d_in, d_out, format));
+        for path in [KernelPath::Detected, KernelPath::Avx2, KernelPath::Portable] {
+            let mut x = vec![0.5f32; d_in];
+            x[40] = f32::NAN;
+            let mut y = vec![0.0f32; d_out];
+            host.accumulate_on(path, &mut y, &x, d_in, 0..d_in, 0..d_out);
+            assert!(y.iter().all(|v| v.is_nan()), "{format} {path:?}: {y:?}");
+        }
+    }
+}

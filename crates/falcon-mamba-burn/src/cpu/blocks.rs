@@ -1,21 +1,19 @@
 //! The accumulate routine of the quantized formats: Q8_0, Q4_0 (blocks of 32 weights along the
 //! input, one f16 scale each) and bitsandbytes 4-bit. The activations stay f32 (quantising them
-//! too, as llama.cpp's kernels do, would move the logits by far more than the 1e-4 the parity
-//! tests allow against the f32 model on the dequantized weights).
+//! to 8 bits, as llama.cpp's kernels do, would move the logits by far more than the 1e-4 the
+//! parity tests allow against the f32 model on the dequantized weights).
 //!
 //! Q8_0 and Q4_0 matrices are kept in tiles ([`Tiles`]): the blocks of [`TILE`] output rows at
-//! one block position are stored together, scales first, then the codes position by position
-//! with the tile's rows side by side. The same bytes as GGUF's rows, in another order: a vector
-//! lane is an output row, so a code vector widens straight into f32 lanes, is multiplied by one
-//! broadcast input and added to its output's running sum (no horizontal sums, one scale
-//! conversion per sixteen blocks); on AVX-512 a Q4_0 code vector becomes `q - 8` in one
-//! permute from a 16-entry table. The threads of a decode step split the inputs; a
-//! thread reads a contiguous run of blocks of each tile.
+//! one block position are stored together, scales first, then the codes in groups of four bytes
+//! with the tile's rows side by side ([`code_at`]). The same bytes as GGUF's rows, in another
+//! order: a vector lane is an output row, so there are no horizontal sums and one scale
+//! conversion serves sixteen blocks. Tiles sit in panels of [`PANEL`] block positions; the
+//! threads of a decode step split the inputs, so a thread's share is one contiguous stretch.
 //!
-//! On x86-64 they run on AVX-512 (a tile per vector) or AVX2 + FMA + F16C (two vectors per
-//! tile), everything else (and bitsandbytes) on the portable loop. The vector paths add one
-//! scaled block sum per block to each output, the portable one each product: they round
-//! differently (the tests hold all of them to an f64 reference).
+//! On x86-64 with AVX-512 VNNI the codes stay integers and the activations are split into int8
+//! pieces exact to f32 precision ([`vnni`]); with AVX2 + FMA + F16C (and AVX-512 without VNNI)
+//! the codes widen to f32 lanes ([`avx2`]); everything else, and bitsandbytes, runs the portable
+//! loop. The paths round differently (the tests hold all of them to an f64 reference).
 
 use std::ops::Range;
 
@@ -299,10 +297,15 @@ mod vnni {
             scales: [0.0; 3],
             sums: [0.0; 3],
         };
-        if amax == 0.0 || !amax.is_finite() {
+        let finite = x.iter().all(|v| v.is_finite());
+        if amax == 0.0 || !finite {
             let byte = offset as u8 as i32;
             let word = byte | byte << 8 | byte << 16 | byte << 24;
             pieces.words = [[word; BLOCK / 4]; 3];
+            // A NaN or infinite input makes the block's sums NaN, as the f32 product would.
+            if !finite {
+                pieces.scales = [f32::NAN; 3];
+            }
             return pieces;
         }
         let mut rest = [0.0f32; BLOCK];
