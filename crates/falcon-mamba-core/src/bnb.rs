@@ -239,13 +239,16 @@ impl Bnb4Matrix {
         })
     }
 
+    /// Flattened element `i` dequantised exactly as bitsandbytes does.
+    pub fn weight(&self, i: usize) -> f32 {
+        self.dtype
+            .round(self.table[self.code(i)] * self.absmax[i / self.block])
+    }
+
     /// The matrix dequantised exactly as bitsandbytes does, row-major `[out, in]`.
     pub fn dequantize(&self) -> Vec<f32> {
         (0..self.d_out * self.d_in)
-            .map(|i| {
-                self.dtype
-                    .round(self.table[self.code(i)] * self.absmax[i / self.block])
-            })
+            .map(|i| self.weight(i))
             .collect()
     }
 

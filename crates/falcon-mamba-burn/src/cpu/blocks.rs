@@ -180,10 +180,9 @@ pub(super) fn accumulate_bnb4(m: &Bnb4Matrix, job: RowJob<'_>) {
     let d_in = m.d_in;
     portable_dot(job, m.block, |o, b, out: &mut [f32]| {
         let first = o * d_in + b * m.block;
-        let absmax = m.absmax[first / m.block];
-        for (j, w) in out.iter_mut().enumerate() {
-            *w = m.dtype.round(m.table[m.code(first + j)] * absmax);
-        }
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(j, w)| *w = m.weight(first + j));
     });
 }
 

@@ -158,10 +158,9 @@ impl HostMatrix {
             Values::Blocks(p, b) => p.dequantize_row(b, o, out),
             Values::Bnb4(m) => {
                 let first = o * m.d_in;
-                for (j, w) in out.iter_mut().enumerate() {
-                    let i = first + j;
-                    *w = m.dtype.round(m.table[m.code(i)] * m.absmax[i / m.block]);
-                }
+                out.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, w)| *w = m.weight(first + j));
             }
             _ => unreachable!("float formats are laid out by inputs"),
         }

@@ -91,62 +91,70 @@ where
         unreachable!("a tensor of rank 3 has a view of rank 3")
     }; // [batch, len, d_in]
     let mut y = Array3::<f32>::zeros((batch, len, d_out)); // [batch, len, d_out]
-    if weight.by_outputs() {
-        // `[out, in]` rows: panels of output rows, each product written to its columns.
-        let panel_rows = (PANEL_VALUES / d_in.max(1)).clamp(16, d_out.max(16));
-        let mut panel = vec![0.0f32; panel_rows.min(d_out) * d_in];
-        for start in (0..d_out).step_by(panel_rows) {
-            let n = panel_rows.min(d_out - start);
-            let panel = &mut panel[..n * d_in];
-            panel
-                .par_chunks_mut(d_in * 16)
-                .enumerate()
-                .for_each(|(i, chunk)| {
-                    let first = start + i * 16;
-                    weight.widen_outputs(first..first + chunk.len() / d_in, chunk);
-                });
-            let Ok(w) = ArrayView2::from_shape((n, d_in), &*panel) else {
-                unreachable!("the panel holds n * d_in values")
-            };
-            let w = w.reversed_axes(); // [d_in, n]
-            for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
-                let mut y = y.slice_mut(ndarray::s![.., start..start + n]);
-                general_mat_mul(1.0, &x, &w, 0.0, &mut y);
-            }
-        }
-        return y.into_raw_vec_and_offset().0;
-    }
-    let mut gemm = |w: ArrayView2<'_, f32>, inputs: std::ops::Range<usize>, beta: f32| {
-        for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
-            let x = x.slice(ndarray::s![.., inputs.clone()]);
-            general_mat_mul(1.0, &x, &w, beta, &mut y);
-        }
-    };
     if let Some(w) = weight.as_f32() {
         let Ok(w) = ArrayView2::from_shape((d_in, d_out), w) else {
             unreachable!("a matrix's buffer holds d_in * d_out values")
         };
-        gemm(w, 0..d_in, 0.0);
-    } else {
-        let panel_rows = (PANEL_VALUES / d_out.max(1)).clamp(16, d_in.max(16));
-        let mut panel = vec![0.0f32; panel_rows.min(d_in) * d_out];
-        for start in (0..d_in).step_by(panel_rows) {
-            let n = panel_rows.min(d_in - start);
-            let panel = &mut panel[..n * d_out];
-            panel
-                .par_chunks_mut(d_out * 16)
-                .enumerate()
-                .for_each(|(i, chunk)| {
-                    let first = start + i * 16;
-                    weight.widen_rows(first..first + chunk.len() / d_out, chunk);
-                });
-            let Ok(w) = ArrayView2::from_shape((n, d_out), &*panel) else {
-                unreachable!("the panel holds n * d_out values")
-            };
-            gemm(w, start..start + n, 1.0);
+        for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
+            general_mat_mul(1.0, &x, &w, 0.0, &mut y);
         }
+    } else if weight.by_outputs() {
+        // `[out, in]` rows: panels of output rows, each product written to its columns.
+        widened_panels(
+            d_out,
+            d_in,
+            |rows, out| weight.widen_outputs(rows, out),
+            |rows, w| {
+                let w = w.reversed_axes(); // [d_in, rows]
+                for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
+                    let mut y = y.slice_mut(ndarray::s![.., rows.clone()]);
+                    general_mat_mul(1.0, &x, &w, 0.0, &mut y);
+                }
+            },
+        );
+    } else {
+        // `[in, out]` rows: panels of input rows, each product added to the output.
+        widened_panels(
+            d_in,
+            d_out,
+            |rows, out| weight.widen_rows(rows, out),
+            |rows, w| {
+                for (x, mut y) in x.axis_iter(Axis(0)).zip(y.axis_iter_mut(Axis(0))) {
+                    let x = x.slice(ndarray::s![.., rows.clone()]);
+                    general_mat_mul(1.0, &x, &w, 1.0, &mut y);
+                }
+            },
+        );
     }
     y.into_raw_vec_and_offset().0
+}
+
+/// Walks a matrix of `rows` rows of `width` values a panel of rows at a time: `widen(range,
+/// out)` writes rows `range` as f32 into `out` (in parallel, 16 rows per job), then `use_panel`
+/// gets the range and the panel `[range.len(), width]`. One panel buffer serves every panel.
+fn widened_panels(
+    rows: usize,
+    width: usize,
+    widen: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    mut use_panel: impl FnMut(Range<usize>, ArrayView2<'_, f32>),
+) {
+    let panel_rows = (PANEL_VALUES / width.max(1)).clamp(16, rows.max(16));
+    let mut panel = vec![0.0f32; panel_rows.min(rows) * width];
+    for start in (0..rows).step_by(panel_rows) {
+        let n = panel_rows.min(rows - start);
+        let panel = &mut panel[..n * width];
+        panel
+            .par_chunks_mut(width * 16)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let first = start + i * 16;
+                widen(first..first + chunk.len() / width, chunk);
+            });
+        let Ok(w) = ArrayView2::from_shape((n, width), &*panel) else {
+            unreachable!("the panel holds n * width values")
+        };
+        use_panel(start..start + n, w);
+    }
 }
 
 /// Adds `bias` (`[d_out]`) to every row of `y` (`[rows, d_out]`).
