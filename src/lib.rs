@@ -29,7 +29,8 @@ pub use falcon_mamba_burn as model;
 pub use falcon_mamba_core as core;
 
 pub use falcon_mamba_burn::{
-    FalconMamba, Generation, LoadOptions, SelectiveScanBackend, State, TextGeneration,
+    FalconMamba, Generation, LoadOptions, Scheduler, SchedulerConfig, SelectiveScanBackend, State,
+    StateCache, TextGeneration,
 };
 pub use falcon_mamba_core::{
     Error, FalconMambaConfig, GenerationConfig, Prefill, Result, Tokenizer, WeightFormat,

@@ -12,5 +12,6 @@ mod parity;
 mod prefill;
 mod quant;
 mod scan;
+mod serving;
 mod state_file;
 mod tokenizer;

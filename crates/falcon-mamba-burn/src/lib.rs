@@ -5,7 +5,9 @@
 //!   projections over [`PackedLinear`] weights in any [`WeightFormat`], a fused decode step),
 //!   with tensor-op defaults; it knows no model type;
 //! - [`cpu`] (burn-ndarray) and [`cube`] (wgpu, CUDA): the backends' implementations;
-//! - [`state`]: the recurrent state the ops update.
+//! - [`state`]: the recurrent state the ops update;
+//! - [`serving`]: many sequences at once on top of the model: continuous batching and a
+//!   conversation-state cache.
 //!
 //! [`WeightFormat`]: falcon_mamba_core::WeightFormat
 #![warn(missing_docs)]
@@ -16,10 +18,12 @@ pub mod cpu;
 pub mod cube;
 pub mod model;
 pub mod ops;
+pub mod serving;
 pub mod state;
 
 /// The burn version this crate is built on, for naming backends and tensors.
 pub use burn;
 pub use model::{Block, FalconMamba, Generation, LoadOptions, TextGeneration};
+pub use serving::{Scheduler, SchedulerConfig, StateCache};
 pub use ops::{PackedLinear, ScanInput, SelectiveScanBackend};
 pub use state::{LayerState, State};

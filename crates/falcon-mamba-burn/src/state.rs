@@ -95,6 +95,91 @@ impl<B: Backend> State<B> {
 }
 
 impl<B: Backend> State<B> {
+    /// The rows `indices` (in that order, repeats allowed) as a new state: e.g. one sequence of a
+    /// batch, or the batch without the sequences that ended. Indices must be below
+    /// [`State::batch_size`].
+    pub fn select_rows(&self, indices: &[usize]) -> Result<Self> {
+        let batch = self.batch_size();
+        if let Some(&row) = indices.iter().find(|&&i| i >= batch) {
+            return Err(Error::StateMismatch {
+                reason: format!("row {row} of a state with {batch} rows"),
+            });
+        }
+        let Some(first) = self.layers.first() else {
+            return Ok(self.clone());
+        };
+        let ids: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(ids, [indices.len()]),
+            &first.ssm.device(),
+        );
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerState {
+                conv: l.conv.clone().select(0, ids.clone()),
+                ssm: l.ssm.clone().select(0, ids.clone()),
+            })
+            .collect();
+        Ok(State { layers })
+    }
+
+    /// The states' rows one after another: a batch made of several sequences' states (all for
+    /// the same model; [`State::check`] them first when they come from elsewhere).
+    pub fn concat(mut states: Vec<Self>) -> Result<Self> {
+        if states.len() == 1 {
+            if let Some(state) = states.pop() {
+                return Ok(state);
+            }
+        }
+        let Some(first) = states.first() else {
+            return Err(Error::StateMismatch {
+                reason: "no states to concatenate".into(),
+            });
+        };
+        // Per layer, everything but the batch dimension must agree.
+        let shape = |s: &Self| -> Vec<[usize; 4]> {
+            s.layers
+                .iter()
+                .map(|l| {
+                    let ([_, d, k], [_, _, n]) = (l.conv.dims(), l.ssm.dims());
+                    [d, k, l.ssm.dims()[1], n]
+                })
+                .collect()
+        };
+        let expected = shape(first);
+        if let Some(other) = states.iter().map(shape).find(|s| *s != expected) {
+            return Err(Error::StateMismatch {
+                reason: format!(
+                    "concatenating states of different models: {} layers {:?}… and {} layers {:?}…",
+                    expected.len(),
+                    expected.first(),
+                    other.len(),
+                    other.first()
+                ),
+            });
+        }
+        let layer_count = expected.len();
+        let mut per_layer: Vec<(Vec<Tensor<B, 3>>, Vec<Tensor<B, 3>>)> =
+            (0..layer_count).map(|_| (Vec::new(), Vec::new())).collect();
+        for state in states {
+            for (slot, layer) in per_layer.iter_mut().zip(state.layers) {
+                slot.0.push(layer.conv);
+                slot.1.push(layer.ssm);
+            }
+        }
+        let layers = per_layer
+            .into_iter()
+            .map(|(conv, ssm)| LayerState {
+                conv: Tensor::cat(conv, 0),
+                ssm: Tensor::cat(ssm, 0),
+            })
+            .collect();
+        Ok(State { layers })
+    }
+}
+
+impl<B: Backend> State<B> {
     /// The model shape a state depends on, as recorded in a state file.
     fn shape_record(config: &FalconMambaConfig, batch: usize) -> BTreeMap<String, String> {
         [

@@ -109,39 +109,50 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     /// Builds an id tensor `[batch, len]` from rows of equal, non-zero length whose ids are all
     /// below `vocab_size`; anything else is a typed error naming the row and position.
     pub fn input_ids<R: AsRef<[u32]>>(&self, rows: &[R]) -> Result<Tensor<B, 2, Int>> {
+        self.check_prompts(rows)?;
+        let len = rows[0].as_ref().len();
+        if let Some((row, r)) = rows.iter().enumerate().find(|(_, r)| r.as_ref().len() != len) {
+            return Err(Error::RaggedBatch {
+                row,
+                expected: len,
+                actual: r.as_ref().len(),
+            });
+        }
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.as_ref().iter().map(|&id| i64::from(id)))
+            .collect();
+        Ok(Tensor::from_data(
+            TensorData::new(ids, [rows.len(), len]),
+            &self.device(),
+        ))
+    }
+
+    /// Checks that there is at least one prompt, none is empty and every id is below
+    /// `vocab_size`; the error names the row and position.
+    pub fn check_prompts<R: AsRef<[u32]>>(&self, rows: &[R]) -> Result<()> {
         if rows.is_empty() {
             return Err(Error::EmptyPrompt { row: 0 });
         }
-        let len = rows[0].as_ref().len();
-        let mut ids = Vec::with_capacity(rows.len() * len);
         for (row, r) in rows.iter().enumerate() {
             let r = r.as_ref();
             if r.is_empty() {
                 return Err(Error::EmptyPrompt { row });
             }
-            if r.len() != len {
-                return Err(Error::RaggedBatch {
+            if let Some((position, &id)) = r
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= self.config.vocab_size)
+            {
+                return Err(Error::TokenOutOfRange {
+                    id,
                     row,
-                    expected: len,
-                    actual: r.len(),
+                    position,
+                    vocab_size: self.config.vocab_size,
                 });
             }
-            for (position, &id) in r.iter().enumerate() {
-                if id as usize >= self.config.vocab_size {
-                    return Err(Error::TokenOutOfRange {
-                        id,
-                        row,
-                        position,
-                        vocab_size: self.config.vocab_size,
-                    });
-                }
-                ids.push(i64::from(id));
-            }
         }
-        Ok(Tensor::from_data(
-            TensorData::new(ids, [rows.len(), len]),
-            &self.device(),
-        ))
+        Ok(())
     }
 
     /// Runs a chunk of ids `[batch, len]` in parallel, continuing from `state` and updating it.
@@ -237,6 +248,54 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         }
         let last_hidden = last_hidden.ok_or(Error::EmptyPrompt { row: 0 })?; // [batch, 1, hidden]
         Ok(self.logits(last_hidden).squeeze_dim(1))
+    }
+
+    /// Feeds prompts of any lengths (a ragged batch), row `i` of `state` reading `prompts[i]`,
+    /// and returns each row's logits after its last token, `[batch, vocab]`.
+    ///
+    /// Rows of equal length are fed together; rows of different lengths are fed as separate
+    /// batches into their rows of the state. No row ever sees padding, so every row's logits and
+    /// state are those of that row fed alone.
+    pub fn prefill_rows<R: AsRef<[u32]>>(
+        &self,
+        prompts: &[R],
+        state: &mut State<B>,
+        mode: Prefill,
+    ) -> Result<Tensor<B, 2>> {
+        self.check_prompts(prompts)?;
+        state.check(&self.config, prompts.len())?;
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new(); // (length, rows)
+        for (row, prompt) in prompts.iter().enumerate() {
+            let len = prompt.as_ref().len();
+            match groups.iter_mut().find(|(l, _)| *l == len) {
+                Some((_, rows)) => rows.push(row),
+                None => groups.push((len, vec![row])),
+            }
+        }
+        if let [(_, _)] = groups[..] {
+            return self.prefill(self.input_ids(prompts)?, state, mode);
+        }
+        let mut states = Vec::with_capacity(groups.len());
+        let mut logits = Vec::with_capacity(groups.len());
+        let mut order = Vec::with_capacity(prompts.len()); // original row of each grouped row
+        for (_, rows) in &groups {
+            let mut group_state = state.select_rows(rows)?;
+            let ids: Vec<&[u32]> = rows.iter().map(|&r| prompts[r].as_ref()).collect();
+            logits.push(self.prefill(self.input_ids(&ids)?, &mut group_state, mode)?);
+            states.push(group_state);
+            order.extend_from_slice(rows);
+        }
+        // Grouped position of each original row.
+        let mut back = vec![0; order.len()];
+        for (grouped, &row) in order.iter().enumerate() {
+            back[row] = grouped;
+        }
+        *state = State::concat(states)?.select_rows(&back)?;
+        let back = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(back.iter().map(|&i| i as i64).collect(), [back.len()]),
+            &self.device(),
+        );
+        Ok(Tensor::cat(logits, 0).select(0, back))
     }
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {

@@ -24,9 +24,9 @@ pub struct Generation<'m, B: SelectiveScanBackend> {
 }
 
 impl<B: SelectiveScanBackend> FalconMamba<B> {
-    /// Starts generating from prompts of equal length (the prefill runs here, in
-    /// `config.prefill` mode). Errors on empty, ragged or out-of-vocabulary prompts and invalid
-    /// settings.
+    /// Starts generating from prompts of any lengths (the prefill runs here, in `config.prefill`
+    /// mode; see [`FalconMamba::prefill_rows`]). Every row's tokens are those of its prompt
+    /// generated alone. Errors on empty or out-of-vocabulary prompts and invalid settings.
     pub fn generate<R: AsRef<[u32]>>(
         &self,
         prompts: &[R],
@@ -45,8 +45,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         config: &GenerationConfig,
     ) -> Result<Generation<'_, B>> {
         config.validate()?;
-        let ids = self.input_ids(prompts)?;
-        let prefill_logits = self.prefill(ids, &mut state, config.prefill)?;
+        let prefill_logits = self.prefill_rows(prompts, &mut state, config.prefill)?;
         Ok(Generation {
             model: self,
             samplers: (0..prompts.len() as u64)
