@@ -73,17 +73,22 @@ pub fn model_dir(model: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// generation_config.json from `dir` when present, else the defaults.
+pub fn checkpoint_generation_config(dir: &std::path::Path) -> Result<GenerationConfig, String> {
+    let file = dir.join("generation_config.json");
+    if file.is_file() {
+        GenerationConfig::from_file(file).map_err(line)
+    } else {
+        Ok(GenerationConfig::default())
+    }
+}
+
 /// generation_config.json from `dir` when present, then the flags on top, validated.
 pub fn generation_config(
     dir: &std::path::Path,
     args: &SamplingArgs,
 ) -> Result<GenerationConfig, String> {
-    let file = dir.join("generation_config.json");
-    let mut config = if file.is_file() {
-        GenerationConfig::from_file(file).map_err(line)?
-    } else {
-        GenerationConfig::default()
-    };
+    let mut config = checkpoint_generation_config(dir)?;
     if let Some(n) = args.max_new_tokens {
         config = config.with_max_new_tokens(n);
     }

@@ -175,8 +175,12 @@ fn joining_and_leaving_on<B: SelectiveScanBackend>() {
     let mut tokens_a = Vec::new();
     for step in 0..10 {
         if step == 3 {
-            assert!(scheduler.stop(b));
-            assert!(!scheduler.stop(b));
+            let stopped = scheduler.stop(b);
+            assert!(
+                matches!(stopped, Some(Event::Finished { id, reason: FinishReason::Stopped, generated_tokens: 3, .. }) if id == b),
+                "{stopped:?}"
+            );
+            assert!(scheduler.stop(b).is_none());
         }
         for event in scheduler.step().unwrap() {
             match event {

@@ -280,16 +280,19 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
     }
 
     /// Ends a sequence now (e.g. its client left, or its text reached a stop string); its state
-    /// is cached as at a natural end. Returns false for an unknown or finished id.
-    pub fn stop(&mut self, id: SequenceId) -> bool {
+    /// is cached as at a natural end. Returns its [`Event::Finished`] (reason
+    /// [`FinishReason::Stopped`]), or `None` for an unknown or finished id.
+    pub fn stop(&mut self, id: SequenceId) -> Option<Event> {
         if let Some(i) = self.joining.iter().position(|s| s.id == id) {
-            self.joining.remove(i);
-            return true;
+            return self
+                .joining
+                .remove(i)
+                .map(|s| s.finished(FinishReason::Stopped));
         }
-        match self.running.iter().position(|s| s.id == id) {
-            Some(i) => self.remove_rows(&[i]).is_ok(),
-            None => false,
-        }
+        let i = self.running.iter().position(|s| s.id == id)?;
+        let event = self.running[i].finished(FinishReason::Stopped);
+        self.remove_rows(&[i]).ok()?;
+        Some(event)
     }
 
     /// True when no sequence is waiting or running.
