@@ -54,6 +54,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// Request bodies past this size are refused.
 const MAX_BODY_BYTES: usize = 1 << 20;
+/// How much of a refused body is read (and dropped) before the connection is closed.
+const DRAIN_BYTES: usize = 64 << 20;
 
 /// Text the ChatML template closes a turn with; instruct models write it as plain text.
 const END_OF_TURN: &str = "<|im_end|>";
@@ -256,12 +258,7 @@ async fn start(
     body: Body,
     received: Instant,
 ) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::invalid(
-            "",
-            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    })?;
+    let bytes = read_body(body).await?;
     let request = api::parse(endpoint, &bytes, &app.defaults, app.default_max_tokens)?;
     if request.model != app.model_name {
         return Err(ApiError::unknown_model(&request.model, &app.model_name));
@@ -330,6 +327,30 @@ async fn start(
             }
         }
     }
+}
+
+/// The request body, up to [`MAX_BODY_BYTES`]. A larger one is read on without being kept (up
+/// to [`DRAIN_BYTES`]) so the client, still sending, gets the 400 rather than a broken pipe.
+async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
+    let mut frames = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0;
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|e| ApiError::invalid("", format!("reading the body: {e}")))?;
+        total += frame.len();
+        if total <= MAX_BODY_BYTES {
+            bytes.extend_from_slice(&frame);
+        } else if total > DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(ApiError::invalid(
+            "",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The stream of a completion: a role chunk (chat), text chunks, a finish chunk, optionally a

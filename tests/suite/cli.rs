@@ -10,7 +10,7 @@ use falcon_mamba::Tokenizer;
 use crate::common::{scratch_dir, tiny_model};
 
 /// `target/<profile>/examples/<name>`, built by `cargo test` with the test binaries.
-fn example(name: &str) -> Command {
+pub fn example(name: &str) -> Command {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let path: PathBuf = profile_dir.join("examples").join(name);

@@ -12,6 +12,7 @@ mod parity;
 mod prefill;
 mod quant;
 mod scan;
+mod server;
 mod serving;
 mod state_file;
 mod tokenizer;
