@@ -5,12 +5,22 @@
 //! with `--all-features` and `FALCON_MAMBA_BACKEND=wgpu` (or `cuda`) on that backend instead,
 //! timed to the device's completion.
 //!
+//! The `serving_*` group measures batching on the same model: one decode step of 1 and of 8 rows
+//! (the weights are read once per step, so 8 rows should cost far less than 8 steps); the
+//! [`Scheduler`] decoding 64 tokens for 1 and for 8 concurrent streams (aggregate throughput,
+//! after the prompts are fed);
+//! and a ragged prefill (rows of 8, 32, 128 and 512 tokens fed as separate groups into one
+//! batched state) against the padded batch a masked prefill would compute (4 rows of 512).
+//!
 //! `cargo bench --bench decode`. `FALCON_MAMBA_BENCH_VOCAB` overrides the vocabulary
 //! size: Mesa's lavapipe binds at most 128 MiB per buffer, less than the 65024 × 768 f32 embedding.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use falcon_mamba::model::burn::backend::NdArray;
-use falcon_mamba::{FalconMamba, FalconMambaConfig, Prefill, SelectiveScanBackend};
+use falcon_mamba::{
+    FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, Scheduler, SchedulerConfig,
+    SelectiveScanBackend,
+};
 
 fn decode_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
     let device = B::Device::default();
@@ -42,6 +52,98 @@ fn decode_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
             let chunk = token.clone().unsqueeze_dim(1); // [1, 1]
             let logits = model.forward(chunk, &mut state).expect("forward");
             B::sync(&device).expect("device runs the step");
+            logits
+        })
+    });
+    group.finish();
+    serving_on(c, &model, name, vocab);
+}
+
+fn serving_on<B: SelectiveScanBackend>(
+    c: &mut Criterion,
+    model: &FalconMamba<B>,
+    name: &str,
+    vocab: usize,
+) {
+    let device = model.device();
+    let mut group = c.benchmark_group(format!("serving_130m_vocab{vocab}_{name}"));
+    group.sample_size(10);
+    for rows in [1usize, 8] {
+        let prompts: Vec<Vec<u32>> = (0..rows as u32)
+            .map(|r| (100 + r..116 + r).collect())
+            .collect();
+        let mut state = model.new_state(rows);
+        let ids = model.input_ids(&prompts).expect("ids");
+        model
+            .prefill(ids, &mut state, Prefill::Parallel)
+            .expect("prefill");
+        let tokens = model
+            .input_ids(&[vec![42u32; rows]])
+            .expect("ids")
+            .squeeze_dim(0);
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_function(format!("step_rows_{rows}"), |bench| {
+            bench.iter(|| {
+                let logits = model.step(tokens.clone(), &mut state).expect("step");
+                B::sync(&device).expect("device runs the step");
+                logits
+            })
+        });
+    }
+    // Decode only: the prompts are fed (and the first tokens sampled) before the clock starts.
+    let new_tokens = 64;
+    let config = GenerationConfig::default().with_max_new_tokens(new_tokens);
+    for streams in [1usize, 8] {
+        group.throughput(Throughput::Elements((streams * (new_tokens - 1)) as u64));
+        group.bench_function(format!("scheduler_streams_{streams}"), |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let mut scheduler =
+                        Scheduler::new(model, SchedulerConfig::default()).expect("scheduler");
+                    for s in 0..streams as u32 {
+                        scheduler
+                            .add(vec![100 + s, 200 + s, 300 + s, 400 + s], &config)
+                            .expect("valid prompt");
+                    }
+                    scheduler.step().expect("prefill step");
+                    let start = std::time::Instant::now();
+                    while !scheduler.is_idle() {
+                        scheduler.step().expect("step");
+                    }
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    group.throughput(Throughput::Elements(8 + 32 + 128 + 512));
+    let ragged: Vec<Vec<u32>> = [8u32, 32, 128, 512]
+        .iter()
+        .map(|&n| (0..n).map(|i| (i * 31 + n) % vocab as u32).collect())
+        .collect();
+    group.bench_function("prefill_ragged_8_32_128_512", |bench| {
+        bench.iter(|| {
+            let mut state = model.new_state(ragged.len());
+            let logits = model
+                .prefill_rows(&ragged, &mut state, Prefill::Parallel)
+                .expect("prefill");
+            B::sync(&device).expect("device runs the prefill");
+            logits
+        })
+    });
+    let padded: Vec<Vec<u32>> = ragged
+        .iter()
+        .map(|r| r.iter().copied().cycle().take(512).collect())
+        .collect();
+    let padded = model.input_ids(&padded).expect("ids");
+    group.bench_function("prefill_padded_4x512", |bench| {
+        bench.iter(|| {
+            let mut state = model.new_state(4);
+            let logits = model
+                .prefill(padded.clone(), &mut state, Prefill::Parallel)
+                .expect("prefill");
+            B::sync(&device).expect("device runs the prefill");
             logits
         })
     });

@@ -45,7 +45,7 @@ pub mod prelude {
     #[cfg(feature = "ndarray")]
     pub use crate::Cpu;
     pub use crate::{
-        FalconMamba, FalconMambaConfig, GenerationConfig, LoadOptions, Prefill, State, Tokenizer,
-        WeightFormat,
+        FalconMamba, FalconMambaConfig, GenerationConfig, LoadOptions, Prefill, Scheduler,
+        SchedulerConfig, State, Tokenizer, WeightFormat,
     };
 }

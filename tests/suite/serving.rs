@@ -175,9 +175,10 @@ fn joining_and_leaving_on<B: SelectiveScanBackend>() {
     let mut tokens_a = Vec::new();
     for step in 0..10 {
         if step == 3 {
+            // Step 0 fed the prompts, sampled the first tokens and decoded the second ones.
             let stopped = scheduler.stop(b);
             assert!(
-                matches!(stopped, Some(Event::Finished { id, reason: FinishReason::Stopped, generated_tokens: 3, .. }) if id == b),
+                matches!(stopped, Some(Event::Finished { id, reason: FinishReason::Stopped, generated_tokens: 4, .. }) if id == b),
                 "{stopped:?}"
             );
             assert!(scheduler.stop(b).is_none());

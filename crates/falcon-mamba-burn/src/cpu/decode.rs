@@ -686,8 +686,11 @@ impl<'a> Worker<'a> {
 /// operations as [`super::scan::causal_conv1d`].
 fn conv_step(x: f32, taps: &[f32], bias: f32, history: &mut [f32]) -> f32 {
     let mut out = bias;
-    for (w, v) in taps.iter().zip(history.iter().chain([&x])) {
+    for (w, v) in taps.iter().zip(history.iter()) {
         out += w * v;
+    }
+    if let Some(w) = taps.get(history.len()) {
+        out += w * x;
     }
     if let Some(last) = history.len().checked_sub(1) {
         history.copy_within(1.., 0);

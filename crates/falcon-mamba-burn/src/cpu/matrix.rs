@@ -391,6 +391,8 @@ mod simd {
 
     use std::arch::x86_64::*;
 
+    use std::ops::Range;
+
     use super::Job;
 
     /// Weight rows per pass over the accumulators: one load and store of each accumulator per
@@ -408,6 +410,9 @@ mod simd {
     pub(super) trait Isa {
         type V: Copy;
         const LANES: usize;
+        /// Whether two activation rows share each weight load: the weights' splats of both
+        /// rows then live in registers (16 of them), which only AVX-512's 32 registers hold.
+        const PAIRS: bool;
         unsafe fn splat(x: f32) -> Self::V;
         unsafe fn load(p: *const f32) -> Self::V;
         unsafe fn store(p: *mut f32, v: Self::V);
@@ -429,6 +434,7 @@ mod simd {
     impl Isa for Avx2 {
         type V = __m256;
         const LANES: usize = 8;
+        const PAIRS: bool = false;
         #[inline(always)]
         unsafe fn splat(x: f32) -> __m256 {
             _mm256_set1_ps(x)
@@ -450,6 +456,7 @@ mod simd {
     impl Isa for Avx512 {
         type V = __m512;
         const LANES: usize = 16;
+        const PAIRS: bool = true;
         #[inline(always)]
         unsafe fn splat(x: f32) -> __m512 {
             _mm512_set1_ps(x)
@@ -574,61 +581,144 @@ mod simd {
         unsafe { accumulate::<Avx512, E>(job, w) }
     }
 
+    /// Output columns per tile when several activation rows share the weights: a pass's eight
+    /// weight-row segments (16 KiB in f32) stay in L1 while every activation row uses them, and
+    /// the weights are read from memory once per step whatever the rows.
+    const TILE: usize = 512;
+
     #[inline(always)]
-    unsafe fn accumulate<I: Isa, E: Element<I>>(job: Job<'_>, w: &[E]) {
-        let Job {
-            acc,
-            x,
-            x_stride,
-            d_out,
-            inputs,
-            outputs,
-        } = job;
-        let width = outputs.len();
+    unsafe fn accumulate<I: Isa, E: Element<I>>(mut job: Job<'_>, w: &[E]) {
+        let width = job.outputs.len();
         if width == 0 {
             return;
         }
-        let vectors = width / I::LANES * I::LANES;
-        let row = |i: usize| &w[i * d_out + outputs.start..i * d_out + outputs.end];
-        let ahead = if d_out <= SHORT_ROW {
+        // One row streams whole weight rows (what the prefetcher favours); several take tiles.
+        let tile = if job.acc.len() > width { TILE } else { width };
+        for start in (0..width).step_by(tile) {
+            let cols = start..(start + tile).min(width);
+            // SAFETY: the caller's features; `cols` lies within the outputs.
+            unsafe { accumulate_tile::<I, E>(&mut job, w, cols) };
+        }
+    }
+
+    /// One pass of [`ROWS`] weight rows `ws` over `M` activation rows: `acc[k] += xs[k] @ ws`,
+    /// each weight vector loaded once for all `M`; prefetches `ahead` as it goes.
+    ///
+    /// # Safety
+    /// The CPU must have the ISA; `ws` and every `acc` are equally long.
+    #[inline(always)]
+    unsafe fn pass<I: Isa, E: Element<I>, const M: usize>(
+        acc: [&mut [f32]; M],
+        xs: [&[f32]; M],
+        ws: &[&[E]; ROWS],
+        ahead: &[*const E],
+    ) {
+        let n = ws[0].len();
+        let vectors = n / I::LANES * I::LANES;
+        // Loops rather than `array::from_fn`: a closure would not inherit the caller's target
+        // features, and its intrinsics would become calls.
+        // SAFETY (this block and the loop's): the ISA's features are enabled by the caller;
+        // j + LANES <= vectors <= n, the length of every row slice and of acc.
+        let mut xv = [[unsafe { I::splat(0.0) }; ROWS]; M];
+        for k in 0..M {
+            for r in 0..ROWS {
+                xv[k][r] = unsafe { I::splat(xs[k][r]) };
+            }
+        }
+        for j in (0..vectors).step_by(I::LANES) {
+            unsafe {
+                let mut sum = [I::splat(0.0); M];
+                for k in 0..M {
+                    sum[k] = I::load(acc[k].as_ptr().add(j));
+                }
+                for r in 0..ROWS {
+                    let wv = E::load(ws[r].as_ptr().add(j));
+                    for k in 0..M {
+                        sum[k] = I::fmadd(xv[k][r], wv, sum[k]);
+                    }
+                }
+                for k in 0..M {
+                    I::store(acc[k].as_mut_ptr().add(j), sum[k]);
+                }
+                for p in ahead {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(j).cast());
+                }
+            }
+        }
+        for (acc, xs) in acc.into_iter().zip(xs) {
+            for j in vectors..n {
+                let mut sum = acc[j];
+                for r in 0..ROWS {
+                    sum = xs[r].mul_add(ws[r][j].widen(), sum);
+                }
+                acc[j] = sum;
+            }
+        }
+    }
+
+    /// The accumulate over output columns `cols` (relative to `job.outputs`). Each accumulator
+    /// adds the weight rows in input order whatever the tiling, so tiles change no bits.
+    #[inline(always)]
+    unsafe fn accumulate_tile<I: Isa, E: Element<I>>(
+        job: &mut Job<'_>,
+        w: &[E],
+        cols: Range<usize>,
+    ) {
+        let (x, x_stride, d_out) = (job.x, job.x_stride, job.d_out);
+        let (inputs, outputs) = (job.inputs.clone(), job.outputs.clone());
+        let width = outputs.len();
+        let rows = job.acc.len() / width;
+        let n = cols.len();
+        let vectors = n / I::LANES * I::LANES;
+        let first = outputs.start + cols.start;
+        let row = |i: usize| i * d_out + first..i * d_out + first + n; // weight row i's columns
+        // Row m's columns `cols` of acc (`[rows, width]`).
+        let acc_cols = |m: usize| m * width + cols.start..m * width + cols.end;
+        let ahead = if rows > 1 || n <= SHORT_ROW {
             ROWS * d_out
         } else {
             PREFETCH
         };
+        // Activation rows are taken one or two at a time; each group prefetches its share of
+        // the next pass's weight rows, so the reads from memory go on while the other groups
+        // compute from cache.
+        let step = if I::PAIRS { 2 } else { 1 };
+        let groups = rows.div_ceil(step);
         let mut i = inputs.start;
         while i + ROWS <= inputs.end {
-            let ws: [&[E]; ROWS] = std::array::from_fn(|r| row(i + r));
-            for (m, acc) in acc.chunks_exact_mut(width).enumerate() {
-                let xs = &x[m * x_stride + i..m * x_stride + i + ROWS];
-                // SAFETY: the ISA's features are enabled by the caller.
-                let xv: [I::V; ROWS] = std::array::from_fn(|r| unsafe { I::splat(xs[r]) });
-                for j in (0..vectors).step_by(I::LANES) {
-                    // SAFETY: j + LANES <= vectors <= width, the length of every row slice and
-                    // of acc.
-                    unsafe {
-                        let a = acc.as_mut_ptr().add(j);
-                        let mut sum = I::load(a);
-                        for r in 0..ROWS {
-                            let p = ws[r].as_ptr().add(j);
-                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead).cast());
-                            sum = I::fmadd(xv[r], E::load(p), sum);
-                        }
-                        I::store(a, sum);
-                    }
+            let mut ws: [&[E]; ROWS] = [&[]; ROWS];
+            for (r, ws) in ws.iter_mut().enumerate() {
+                *ws = &w[row(i + r)];
+            }
+            for (g, m) in (0..rows).step_by(step).enumerate() {
+                let mut ahead_rows = [std::ptr::null::<E>(); ROWS];
+                let mut mine = 0;
+                for r in (g..ROWS).step_by(groups) {
+                    ahead_rows[mine] = ws[r].as_ptr().wrapping_add(ahead);
+                    mine += 1;
                 }
-                for j in vectors..width {
-                    let mut sum = acc[j];
-                    for r in 0..ROWS {
-                        sum = xs[r].mul_add(ws[r][j].widen(), sum);
-                    }
-                    acc[j] = sum;
+                let ahead_rows = &ahead_rows[..mine];
+                let xs = |m: usize| &x[m * x_stride + i..m * x_stride + i + ROWS];
+                if m + 1 < rows && I::PAIRS {
+                    let (first_rows, second) = job.acc.split_at_mut((m + 1) * width);
+                    let acc = [
+                        &mut first_rows[acc_cols(m)],
+                        &mut second[cols.clone()],
+                    ];
+                    // SAFETY: the caller's features; every slice is `n` long.
+                    unsafe { pass::<I, E, 2>(acc, [xs(m), xs(m + 1)], &ws, ahead_rows) };
+                } else {
+                    let acc = [&mut job.acc[acc_cols(m)]];
+                    // SAFETY: as above.
+                    unsafe { pass::<I, E, 1>(acc, [xs(m)], &ws, ahead_rows) };
                 }
             }
             i += ROWS;
         }
         for i in i..inputs.end {
-            let w_row = row(i);
-            for (m, acc) in acc.chunks_exact_mut(width).enumerate() {
+            let w_row = &w[row(i)];
+            for m in 0..rows {
+                let acc = &mut job.acc[acc_cols(m)];
                 let xv = x[m * x_stride + i];
                 // SAFETY: as above.
                 unsafe {
@@ -639,7 +729,7 @@ mod simd {
                         I::store(a, sum);
                     }
                 }
-                for j in vectors..width {
+                for j in vectors..n {
                     acc[j] = xv.mul_add(w_row[j].widen(), acc[j]);
                 }
             }
