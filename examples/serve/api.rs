@@ -56,7 +56,10 @@ impl ApiError {
     fn unsupported(param: &str, what: &str) -> Self {
         ApiError {
             code: Some("unsupported_parameter"),
-            ..Self::invalid(param, format!("{param}: {what} is not supported by this server"))
+            ..Self::invalid(
+                param,
+                format!("{param}: {what} is not supported by this server"),
+            )
         }
     }
 
@@ -203,14 +206,24 @@ pub fn parse(
         None | Some(Value::Null) => {}
         Some(v) => match v.as_i64() {
             Some(seed) => config = config.with_seed(seed as u64),
-            None => return Err(ApiError::invalid("seed", format!("seed must be an integer, got {v}"))),
+            None => {
+                return Err(ApiError::invalid(
+                    "seed",
+                    format!("seed must be an integer, got {v}"),
+                ))
+            }
         },
     }
     let stop = stop_strings(fields.get("stop"))?;
     let stream = match fields.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(ApiError::invalid("stream", format!("stream must be a boolean, got {v}"))),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stream",
+                format!("stream must be a boolean, got {v}"),
+            ))
+        }
     };
     let include_usage = fields
         .get("stream_options")
@@ -248,7 +261,10 @@ fn reject_unsupported(endpoint: Endpoint, fields: &Map<String, Value>) -> Result
         Endpoint::Completions => set("logprobs").is_some(),
     };
     if logprobs || set("top_logprobs").is_some() {
-        return Err(ApiError::unsupported("logprobs", "returning log probabilities"));
+        return Err(ApiError::unsupported(
+            "logprobs",
+            "returning log probabilities",
+        ));
     }
     if set("echo").is_some_and(|v| v != &Value::Bool(false)) {
         return Err(ApiError::unsupported("echo", "echoing the prompt"));
@@ -271,7 +287,10 @@ fn reject_unsupported(endpoint: Endpoint, fields: &Map<String, Value>) -> Result
     }
     if let Some(format) = set("response_format") {
         if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::unsupported("response_format", "structured output"));
+            return Err(ApiError::unsupported(
+                "response_format",
+                "structured output",
+            ));
         }
     }
     Ok(())
@@ -310,19 +329,26 @@ fn messages(value: Option<&Value>) -> Result<Vec<Message>, ApiError> {
                         format!("unknown role `{other}`: expected system, user or assistant"),
                     ))
                 }
-                None => return Err(ApiError::invalid(&format!("{param}.role"), "role is required")),
+                None => {
+                    return Err(ApiError::invalid(
+                        &format!("{param}.role"),
+                        "role is required",
+                    ))
+                }
             };
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Array(parts)) => parts
                     .iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                        (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
-                        _ => Err(ApiError::unsupported(
-                            &format!("{param}.content"),
-                            "content other than text",
-                        )),
-                    })
+                    .map(
+                        |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                            (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
+                            _ => Err(ApiError::unsupported(
+                                &format!("{param}.content"),
+                                "content other than text",
+                            )),
+                        },
+                    )
                     .collect::<Result<String, _>>()?,
                 _ => {
                     return Err(ApiError::invalid(
@@ -343,7 +369,12 @@ fn text_prompt(value: Option<&Value>) -> Result<String, ApiError> {
         Some(Value::Array(list)) => match &list[..] {
             [Value::String(s)] => s,
             [] | [_] => return Err(ApiError::invalid("prompt", "prompt must be a string")),
-            _ => return Err(ApiError::unsupported("prompt", "more than one prompt per request")),
+            _ => {
+                return Err(ApiError::unsupported(
+                    "prompt",
+                    "more than one prompt per request",
+                ))
+            }
         },
         Some(_) => return Err(ApiError::invalid("prompt", "prompt must be a string")),
         None => return Err(ApiError::invalid("prompt", "prompt is required")),
@@ -367,7 +398,10 @@ fn stop_strings(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
     list.into_iter()
         .map(|v| match v {
             Value::String(s) if !s.is_empty() => Ok(s.clone()),
-            _ => Err(ApiError::invalid("stop", "stop strings must be non-empty strings")),
+            _ => Err(ApiError::invalid(
+                "stop",
+                "stop strings must be non-empty strings",
+            )),
         })
         .collect()
 }

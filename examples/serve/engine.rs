@@ -81,7 +81,8 @@ impl Live<'_> {
             .stop
             .iter()
             .filter_map(|s| {
-                let from = (search_from..=self.text.len()).find(|&i| self.text.is_char_boundary(i))?;
+                let from =
+                    (search_from..=self.text.len()).find(|&i| self.text.is_char_boundary(i))?;
                 self.text[from..].find(s.as_str()).map(|i| from + i)
             })
             .min();
@@ -102,7 +103,11 @@ impl Live<'_> {
         self.job
             .stop
             .iter()
-            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(|n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(|n| &s[..n])
+            })
             .filter(|prefix| self.text.ends_with(prefix))
             .map(str::len)
             .max()

@@ -150,7 +150,10 @@ impl OnBackend for Serve {
         let (jobs, receiver) = mpsc::channel();
         let metrics = Arc::new(Metrics::default());
         let app = Arc::new(App {
-            model_name: cli.served_model_name.clone().unwrap_or(cli.model.model.clone()),
+            model_name: cli
+                .served_model_name
+                .clone()
+                .unwrap_or(cli.model.model.clone()),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -191,10 +194,7 @@ impl OnBackend for Serve {
         });
         // The engine runs here until the server (and with it every job sender) is gone.
         engine::run(&model, &tokenizer, scheduler, receiver, metrics)?;
-        runtime
-            .block_on(server)
-            .map_err(line)?
-            .map_err(line)
+        runtime.block_on(server).map_err(line)?.map_err(line)
     }
 }
 
@@ -298,7 +298,11 @@ async fn start(
     let envelope = Envelope {
         id: format!(
             "{}-{:x}",
-            if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" },
+            if endpoint == Endpoint::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
@@ -309,9 +313,10 @@ async fn start(
     };
     if request.stream {
         let events = sse_events(envelope, results, request.include_usage, admission);
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        // `X-Accel-Buffering: no` keeps nginx-style proxies from holding the events back.
+        let headers = [("x-accel-buffering", "no")];
+        let sse = Sse::new(events).keep_alive(KeepAlive::default());
+        return Ok((headers, sse).into_response());
     }
     let mut text = String::new();
     loop {
@@ -370,7 +375,9 @@ fn sse_events(
         move |(mut results, admission, envelope)| async move {
             admission.as_ref()?;
             let (events, done) = match results.recv().await {
-                Some(Output::Text(piece)) => (vec![data(envelope.chunk(Some(&piece), None))], false),
+                Some(Output::Text(piece)) => {
+                    (vec![data(envelope.chunk(Some(&piece), None))], false)
+                }
                 Some(Output::Done(usage)) => {
                     let mut events = vec![data(envelope.chunk(None, Some(usage.finish_reason)))];
                     if include_usage {

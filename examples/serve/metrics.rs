@@ -121,25 +121,81 @@ impl Metrics {
         );
         let s = &c.scheduler;
         let counters = [
-            ("falcon_mamba_prompt_tokens_total", "Prompt tokens of finished requests.", c.prompt_tokens),
-            ("falcon_mamba_prompt_tokens_fed_total", "Prompt tokens fed to the model (not restored from the state cache).", s.prompt_tokens_fed),
-            ("falcon_mamba_generation_tokens_total", "Tokens generated.", c.completion_tokens),
-            ("falcon_mamba_requests_cancelled_total", "Requests whose client left before the end.", c.cancelled),
-            ("prefix_cache_queries_total", "State-cache lookups.", s.cache.queries),
-            ("prefix_cache_hits_total", "State-cache lookups that restored a state.", s.cache.hits),
-            ("prefix_cache_tokens_reused_total", "Prompt tokens restored from the state cache.", s.cache.tokens_reused),
-            ("prefix_cache_evictions_total", "States evicted to stay within the byte budget.", s.cache.evictions),
+            (
+                "falcon_mamba_prompt_tokens_total",
+                "Prompt tokens of finished requests.",
+                c.prompt_tokens,
+            ),
+            (
+                "falcon_mamba_prompt_tokens_fed_total",
+                "Prompt tokens fed to the model (not restored from the state cache).",
+                s.prompt_tokens_fed,
+            ),
+            (
+                "falcon_mamba_generation_tokens_total",
+                "Tokens generated.",
+                c.completion_tokens,
+            ),
+            (
+                "falcon_mamba_requests_cancelled_total",
+                "Requests whose client left before the end.",
+                c.cancelled,
+            ),
+            (
+                "prefix_cache_queries_total",
+                "State-cache lookups.",
+                s.cache.queries,
+            ),
+            (
+                "prefix_cache_hits_total",
+                "State-cache lookups that restored a state.",
+                s.cache.hits,
+            ),
+            (
+                "prefix_cache_tokens_reused_total",
+                "Prompt tokens restored from the state cache.",
+                s.cache.tokens_reused,
+            ),
+            (
+                "prefix_cache_evictions_total",
+                "States evicted to stay within the byte budget.",
+                s.cache.evictions,
+            ),
         ];
         for (name, help, value) in counters {
             metric(name, "counter", help, &one(value as f64));
         }
         let gauges = [
-            ("falcon_mamba_batch_size", "Sequences decoding in the last step.", s.running as f64),
-            ("falcon_mamba_waiting_sequences", "Sequences waiting for a batch row or being prefilled.", s.waiting as f64),
-            ("falcon_mamba_requests_in_flight", "Requests admitted and not yet answered.", c.in_flight as f64),
-            ("falcon_mamba_decode_tokens_per_second", "Tokens per second over the last second of steps.", c.decode_tokens_per_second),
-            ("prefix_cache_bytes", "Bytes of state held by the state cache.", s.cache.bytes as f64),
-            ("prefix_cache_entries", "States held by the state cache.", s.cache.entries as f64),
+            (
+                "falcon_mamba_batch_size",
+                "Sequences decoding in the last step.",
+                s.running as f64,
+            ),
+            (
+                "falcon_mamba_waiting_sequences",
+                "Sequences waiting for a batch row or being prefilled.",
+                s.waiting as f64,
+            ),
+            (
+                "falcon_mamba_requests_in_flight",
+                "Requests admitted and not yet answered.",
+                c.in_flight as f64,
+            ),
+            (
+                "falcon_mamba_decode_tokens_per_second",
+                "Tokens per second over the last second of steps.",
+                c.decode_tokens_per_second,
+            ),
+            (
+                "prefix_cache_bytes",
+                "Bytes of state held by the state cache.",
+                s.cache.bytes as f64,
+            ),
+            (
+                "prefix_cache_entries",
+                "States held by the state cache.",
+                s.cache.entries as f64,
+            ),
         ];
         for (name, help, value) in gauges {
             metric(name, "gauge", help, &one(value));

@@ -85,7 +85,10 @@ fn openai_client_end_to_end() {
     let server = Server::start(&["--max-batch", "4"]);
     let model = tiny_model().display().to_string();
     let out = python()
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server/openai_client.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/server/openai_client.py"
+        ))
         .args(["--base-url", &format!("{}/v1", server.url)])
         .args(["--model", &model, "--prompt", PROMPT, "--chat", CHAT])
         .args(["--max-tokens", "12", "--turns", "10"])
@@ -104,7 +107,10 @@ fn openai_client_end_to_end() {
     assert_eq!(text("completion"), expected);
     assert_eq!(text("completion_stream"), expected);
     assert_eq!(seen["completion_finish"], "length");
-    assert_eq!(seen["completion_stream_finish"], serde_json::json!(["length"]));
+    assert_eq!(
+        seen["completion_stream_finish"],
+        serde_json::json!(["length"])
+    );
     assert_eq!(seen["completion_usage"]["completion_tokens"], 12);
     if !seen["stopped"].is_null() {
         let cut = &expected[..expected.find(&text("stop")).unwrap()];
@@ -135,13 +141,15 @@ fn openai_client_end_to_end() {
     // Every turn after the first resumes from the cached state: it feeds the new turn's tokens,
     // about as many each time, while the conversation grows.
     let turns = seen["turns"].as_array().unwrap();
-    let fed = |t: &Value| {
-        t["prompt_tokens"].as_u64().unwrap() - t["cached_tokens"].as_u64().unwrap()
-    };
+    let fed =
+        |t: &Value| t["prompt_tokens"].as_u64().unwrap() - t["cached_tokens"].as_u64().unwrap();
     let second = fed(&turns[1]);
     for turn in &turns[1..] {
         assert!(turn["cached_tokens"].as_u64().unwrap() > 0, "{turn}");
-        assert!(fed(turn) <= second + 2, "{turn} fed more than turn 2's {second}");
+        assert!(
+            fed(turn) <= second + 2,
+            "{turn} fed more than turn 2's {second}"
+        );
     }
     let last = turns.last().unwrap();
     assert!(
@@ -150,7 +158,10 @@ fn openai_client_end_to_end() {
     );
 
     let metrics = &seen["metrics"];
-    assert!(metrics["prefix_cache_hits_total"].as_f64().unwrap() >= 9.0, "{metrics}");
+    assert!(
+        metrics["prefix_cache_hits_total"].as_f64().unwrap() >= 9.0,
+        "{metrics}"
+    );
     let errors = metrics[r#"falcon_mamba_requests_total{"endpoint": "chat", "status": "400"}"#]
         .as_f64()
         .unwrap_or(0.0);

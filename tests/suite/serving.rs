@@ -166,7 +166,11 @@ fn joining_and_leaving_on<B: SelectiveScanBackend>() {
         };
         assert_eq!(*reason, want, "{id}");
     }
-    assert_eq!(results[1].1.len(), stop_at + 1, "the stop id ends its sequence");
+    assert_eq!(
+        results[1].1.len(),
+        stop_at + 1,
+        "the stop id ends its sequence"
+    );
 
     // Stopping a running sequence frees its row; the others go on unchanged.
     let mut scheduler = Scheduler::new(&model, SchedulerConfig::default()).unwrap();
@@ -228,7 +232,10 @@ fn cached_conversation_on<B: SelectiveScanBackend>() {
     let stats = scheduler.stats();
     // The state had read the prompt and every generated token but the last.
     let cached = turn1.len() + first[0].1.len() - 1;
-    assert_eq!(stats.prompt_tokens_fed - fed_before, (turn2.len() - cached) as u64);
+    assert_eq!(
+        stats.prompt_tokens_fed - fed_before,
+        (turn2.len() - cached) as u64
+    );
     assert_eq!(stats.cache.hits, 1);
     assert_eq!(stats.cache.tokens_reused, cached as u64);
     assert!(scheduler_events.contains(&Event::Finished {
@@ -274,9 +281,10 @@ fn text_prompts_resume_from_cached_text() {
     let model = load_in::<crate::common::B>(&tiny_model(), None);
     let tokenizer = Tokenizer::from_file(tiny_model().join("tokenizer.json")).unwrap();
     let config = GenerationConfig::default().with_max_new_tokens(5);
-    let mut scheduler = Scheduler::new(&model, SchedulerConfig::default().with_cache_bytes(1 << 26))
-        .unwrap()
-        .with_tokenizer(&tokenizer);
+    let mut scheduler =
+        Scheduler::new(&model, SchedulerConfig::default().with_cache_bytes(1 << 26))
+            .unwrap()
+            .with_tokenizer(&tokenizer);
     let turn1 = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n";
     let (_, n1) = scheduler.add_text(turn1, &config).unwrap();
     let mut generated = Vec::new();

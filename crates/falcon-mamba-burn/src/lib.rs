@@ -24,6 +24,6 @@ pub mod state;
 /// The burn version this crate is built on, for naming backends and tensors.
 pub use burn;
 pub use model::{Block, FalconMamba, Generation, LoadOptions, TextGeneration};
-pub use serving::{Scheduler, SchedulerConfig, StateCache};
 pub use ops::{PackedLinear, ScanInput, SelectiveScanBackend};
+pub use serving::{Scheduler, SchedulerConfig, StateCache};
 pub use state::{LayerState, State};

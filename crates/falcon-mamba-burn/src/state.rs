@@ -159,20 +159,10 @@ impl<B: Backend> State<B> {
                 ),
             });
         }
-        let layer_count = expected.len();
-        let mut per_layer: Vec<(Vec<Tensor<B, 3>>, Vec<Tensor<B, 3>>)> =
-            (0..layer_count).map(|_| (Vec::new(), Vec::new())).collect();
-        for state in states {
-            for (slot, layer) in per_layer.iter_mut().zip(state.layers) {
-                slot.0.push(layer.conv);
-                slot.1.push(layer.ssm);
-            }
-        }
-        let layers = per_layer
-            .into_iter()
-            .map(|(conv, ssm)| LayerState {
-                conv: Tensor::cat(conv, 0),
-                ssm: Tensor::cat(ssm, 0),
+        let layers = (0..expected.len())
+            .map(|i| LayerState {
+                conv: Tensor::cat(states.iter().map(|s| s.layers[i].conv.clone()).collect(), 0),
+                ssm: Tensor::cat(states.iter().map(|s| s.layers[i].ssm.clone()).collect(), 0),
             })
             .collect();
         Ok(State { layers })

@@ -672,7 +672,7 @@ mod simd {
         let vectors = n / I::LANES * I::LANES;
         let first = outputs.start + cols.start;
         let row = |i: usize| i * d_out + first..i * d_out + first + n; // weight row i's columns
-        // Row m's columns `cols` of acc (`[rows, width]`).
+                                                                       // Row m's columns `cols` of acc (`[rows, width]`).
         let acc_cols = |m: usize| m * width + cols.start..m * width + cols.end;
         let ahead = if rows > 1 || n <= SHORT_ROW {
             ROWS * d_out
@@ -701,10 +701,7 @@ mod simd {
                 let xs = |m: usize| &x[m * x_stride + i..m * x_stride + i + ROWS];
                 if m + 1 < rows && I::PAIRS {
                     let (first_rows, second) = job.acc.split_at_mut((m + 1) * width);
-                    let acc = [
-                        &mut first_rows[acc_cols(m)],
-                        &mut second[cols.clone()],
-                    ];
+                    let acc = [&mut first_rows[acc_cols(m)], &mut second[cols.clone()]];
                     // SAFETY: the caller's features; every slice is `n` long.
                     unsafe { pass::<I, E, 2>(acc, [xs(m), xs(m + 1)], &ws, ahead_rows) };
                 } else {

@@ -111,7 +111,11 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     pub fn input_ids<R: AsRef<[u32]>>(&self, rows: &[R]) -> Result<Tensor<B, 2, Int>> {
         self.check_prompts(rows)?;
         let len = rows[0].as_ref().len();
-        if let Some((row, r)) = rows.iter().enumerate().find(|(_, r)| r.as_ref().len() != len) {
+        if let Some((row, r)) = rows
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.as_ref().len() != len)
+        {
             return Err(Error::RaggedBatch {
                 row,
                 expected: len,

@@ -154,7 +154,8 @@ impl<B: Backend> StateCache<B> {
             .values()
             .filter_map(|e| {
                 let t = e.text.as_deref()?;
-                text.starts_with(t).then_some((e.tokens.as_slice(), t.len()))
+                text.starts_with(t)
+                    .then_some((e.tokens.as_slice(), t.len()))
             })
             .max_by_key(|&(_, len)| len)
     }

@@ -387,7 +387,7 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
             events.push(seq.finished(FinishReason::Length));
             return Ok(());
         }
-        let mut values: Vec<f32> = logits.into_data().iter::<f32>().collect(); // [vocab]
+        let mut values = host_values(logits); // [vocab]
         let (token, end) = seq.sample(&mut values);
         self.generated_tokens += 1;
         events.push(token);
@@ -420,11 +420,16 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
         );
         let logits = self.model.step(ids, state)?; // [rows, vocab]
         let vocab = self.model.config().vocab_size;
-        let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let mut values = host_values(logits); // [rows, vocab]
         let mut ended = Vec::new();
-        for (row, seq) in self.running.iter_mut().enumerate() {
+        for (row, (seq, logits)) in self
+            .running
+            .iter_mut()
+            .zip(values.chunks_exact_mut(vocab))
+            .enumerate()
+        {
             seq.fed += 1;
-            let (token, end) = seq.sample(&mut values[row * vocab..(row + 1) * vocab].to_vec());
+            let (token, end) = seq.sample(logits);
             self.generated_tokens += 1;
             events.push(token);
             if let Some(reason) = end {
@@ -473,4 +478,11 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
         let text = self.tokenizer.and_then(|t| t.decode(tokens).ok());
         self.cache.insert(tokens, state, text);
     }
+}
+
+/// A logits tensor's values on the host, as f32.
+fn host_values<B: SelectiveScanBackend, const D: usize>(logits: Tensor<B, D>) -> Vec<f32> {
+    let data = logits.into_data().convert::<f32>();
+    data.to_vec::<f32>()
+        .unwrap_or_else(|_| data.iter::<f32>().collect())
 }
