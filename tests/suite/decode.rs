@@ -100,9 +100,14 @@ fn reference_accumulate(acc: &[f32], x: &[f32], w: &[f32], d_in: usize, d_out: u
 
 #[test]
 fn weight_kernels_match_an_f64_reference_on_both_paths() {
-    // Odd sizes: a remainder of input rows past the unrolled four, and of outputs past the
-    // 8-lane vectors.
-    let (rows, d_in, d_out) = (3, 37, 29);
+    // Odd sizes: a remainder of input rows past the unrolled passes, of outputs past the vectors
+    // and past the column tiles several rows take, and an odd row past the pairs.
+    for (rows, d_in, d_out) in [(3, 37, 29), (8, 21, 1100), (5, 19, 1100), (1, 19, 1100)] {
+        kernels_match_reference(rows, d_in, d_out);
+    }
+}
+
+fn kernels_match_reference(rows: usize, d_in: usize, d_out: usize) {
     let x: Vec<f32> = (0..rows * d_in)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
@@ -125,8 +130,11 @@ fn weight_kernels_match_an_f64_reference_on_both_paths() {
                 .zip(&expected)
                 .map(|(&y, &e)| (f64::from(y) - e).abs() / e.abs().max(1.0))
                 .fold(0.0, f64::max);
-            // 37 products of magnitude ≤ 2, each rounded once or twice in f32.
-            assert!(worst < 1e-5, "{format} {path:?}: relative error {worst:e}");
+            // At most 37 products of magnitude ≤ 2, each rounded once or twice in f32.
+            assert!(
+                worst < 1e-5,
+                "{format} {path:?} {rows}x{d_in}x{d_out}: relative error {worst:e}"
+            );
         }
         // The vector widths add the same products in the same order (the row formats of
         // tests/suite/quant.rs sum their lanes at the end of a row, in a width's own order).
