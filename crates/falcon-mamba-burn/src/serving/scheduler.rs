@@ -335,24 +335,25 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
             let Some(seq) = self.joining.get_mut(i) else {
                 break;
             };
-            if seq.state.is_none() {
-                let restored = self.cache.lookup(&seq.tokens);
-                let (fed, state) = restored.unwrap_or_else(|| (0, self.model.new_state(1)));
-                seq.fed = fed;
-                seq.cached = fed;
-                seq.state = Some(state);
-            }
+            // Its first chunk starts from the longest cached prefix, if any.
+            let (cache, model) = (&mut self.cache, self.model);
+            let state = seq.state.get_or_insert_with(|| {
+                let (fed, state) = cache
+                    .lookup(&seq.tokens)
+                    .unwrap_or_else(|| (0, model.new_state(1)));
+                (seq.fed, seq.cached) = (fed, fed);
+                state
+            });
             let remaining = seq.prompt_len - seq.fed;
             let mut n = budget.min(remaining);
             if let Some(every) = self.config.snapshot_every {
                 n = n.min(every - seq.fed % every);
             }
-            let ids = self.model.input_ids(&[&seq.tokens[seq.fed..seq.fed + n]])?;
-            let state = seq.state.as_mut().ok_or(Error::EmptyPrompt { row: 0 })?;
+            let ids = model.input_ids(&[&seq.tokens[seq.fed..seq.fed + n]])?;
             let logits = if n == remaining {
-                Some(self.model.prefill(ids, state, Default::default())?)
+                Some(model.prefill(ids, state, Default::default())?)
             } else {
-                self.model.hidden(ids, state)?;
+                model.hidden(ids, state)?;
                 None
             };
             seq.fed += n;
@@ -365,8 +366,10 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
             match logits {
                 None => i += 1,
                 Some(logits) => {
-                    if let Some(seq) = self.joining.remove(i) {
-                        self.start(seq, logits, events)?;
+                    if let Some(mut seq) = self.joining.remove(i) {
+                        if let Some(state) = seq.state.take() {
+                            self.start(seq, state, logits, events)?;
+                        }
                     }
                 }
             }
@@ -374,14 +377,15 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
         Ok(())
     }
 
-    /// A sequence whose prompt is read: its first token, then a batch row unless it ended.
+    /// A sequence whose prompt is read (into `state`): its first token, then a batch row unless
+    /// it ended.
     fn start(
         &mut self,
         mut seq: Sequence<B>,
+        state: State<B>,
         logits: Tensor<B, 2>,
         events: &mut Vec<Event>,
     ) -> Result<()> {
-        let state = seq.state.take().ok_or(Error::EmptyPrompt { row: 0 })?;
         if seq.config.max_new_tokens == 0 {
             self.snapshot(&seq.tokens, state);
             events.push(seq.finished(FinishReason::Length));
