@@ -72,19 +72,18 @@ impl Live<'_> {
     /// Appends a piece and sends what can no longer be the start of a stop string. Returns
     /// `Some(true)` when a stop string ended the text, `None` when the client is gone.
     fn push(&mut self, piece: &str) -> Option<bool> {
-        let search_from = self
-            .sent
-            .saturating_sub(self.job.stop.iter().map(String::len).max().unwrap_or(0));
+        // A stop string may begin in text held back before this piece.
+        let longest = self.job.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut from = self.sent.saturating_sub(longest);
         self.text.push_str(piece);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
         let stop_at = self
             .job
             .stop
             .iter()
-            .filter_map(|s| {
-                let from =
-                    (search_from..=self.text.len()).find(|&i| self.text.is_char_boundary(i))?;
-                self.text[from..].find(s.as_str()).map(|i| from + i)
-            })
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
             .min();
         let end = match stop_at {
             Some(at) => at,

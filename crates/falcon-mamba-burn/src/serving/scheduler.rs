@@ -462,11 +462,12 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
         let keep: Vec<usize> = (0..self.running.len())
             .filter(|r| !rows.contains(r))
             .collect();
-        let mut row = 0;
-        self.running.retain(|_| {
-            row += 1;
-            !rows.contains(&(row - 1))
-        });
+        let running = std::mem::take(&mut self.running);
+        self.running = running
+            .into_iter()
+            .enumerate()
+            .filter_map(|(r, seq)| (!rows.contains(&r)).then_some(seq))
+            .collect();
         if !keep.is_empty() {
             self.state = Some(state.select_rows(&keep)?);
         }
