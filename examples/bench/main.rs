@@ -37,11 +37,13 @@ use backend::OnBackend;
 use clap::Parser;
 use falcon_mamba::model::burn::prelude::*;
 use falcon_mamba::model::burn::tensor::Distribution;
+use falcon_mamba::model::serving::Event;
 use falcon_mamba::{
     FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, SelectiveScanBackend, State,
     WeightFormat,
 };
-use report::{DecodeRow, PrefillRow, Report, Speedup, StepPaths};
+use falcon_mamba::{Scheduler, SchedulerConfig};
+use report::{DecodeRow, PrefillRow, Report, Speedup, StepPaths, Streams};
 
 /// Benchmark decode and prefill of a random-weight Falcon Mamba.
 #[derive(Parser, Debug)]
@@ -64,7 +66,7 @@ struct Cli {
     /// Weight format: f32, bf16, f16, q8 or q4 (activations and the state are f32).
     #[arg(long, default_value = "f32")]
     dtype: WeightFormat,
-    /// What to measure: any of bandwidth, decode, prefill.
+    /// What to measure: any of bandwidth, decode, prefill, streams (not by default).
     #[arg(
         long,
         value_delimiter = ',',
@@ -92,6 +94,12 @@ struct Cli {
     /// Chunk length of chunked prefill (also how decode reaches its positions).
     #[arg(long, default_value_t = 512)]
     chunk: usize,
+    /// Concurrent streams of the streams run, against one.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Rounds of the streams run.
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
     /// Longest prompt fed sequentially (default: the longest of --prompts). Token by token
     /// costs one decode step per token.
     #[arg(long)]
@@ -183,10 +191,10 @@ impl OnBackend for Bench {
         if let Some(other) = cli
             .run
             .iter()
-            .find(|r| !["bandwidth", "decode", "prefill"].contains(&r.as_str()))
+            .find(|r| !["bandwidth", "decode", "prefill", "streams"].contains(&r.as_str()))
         {
             return Err(format!(
-                "--run {other:?}: expected bandwidth, decode or prefill"
+                "--run {other:?}: expected bandwidth, decode, prefill or streams"
             ));
         }
         let config = FalconMambaConfig::falcon_mamba(hidden, layers, cli.vocab).map_err(line)?;
@@ -226,6 +234,9 @@ impl OnBackend for Bench {
         }
         if wants("prefill") {
             (report.prefill, report.speedup) = prefill(&model, &cli, &mut ids, max_mem)?;
+        }
+        if wants("streams") {
+            report.streams = Some(streams(&model, &cli, &mut ids)?);
         }
 
         print!("{}", report.markdown(max_mem));
@@ -540,6 +551,56 @@ fn speedup<B: SelectiveScanBackend>(
         parallel: prompt.len() as f64 / memory::median(parallel),
         sequential: prompt.len() as f64 / sequential,
     })
+}
+
+/// Decoded tokens per stream in the streams run.
+const STREAM_TOKENS: usize = 64;
+
+/// Aggregate decode throughput of `--streams` streams through the `Scheduler` against one
+/// stream, in `--rounds` rounds that each run both, so that the machine's slow moments fall on
+/// both alike. Each stream gets a 16-token prompt, fed before the clock starts.
+fn streams<B: SelectiveScanBackend>(
+    model: &FalconMamba<B>,
+    cli: &Cli,
+    ids: &mut Ids,
+) -> Result<Streams, String> {
+    let config = GenerationConfig::default()
+        .with_max_new_tokens(STREAM_TOKENS + 1)
+        .with_eos_token_ids(Vec::new());
+    let mut run = |streams: usize| -> Result<f64, String> {
+        let mut scheduler =
+            Scheduler::new(model, SchedulerConfig::default().with_max_batch(streams))
+                .map_err(line)?;
+        for _ in 0..streams {
+            scheduler.add(ids.take(16), &config).map_err(line)?;
+        }
+        // Prompts and first tokens.
+        scheduler.step().map_err(line)?;
+        let start = Instant::now();
+        let mut tokens = 0;
+        while !scheduler.is_idle() {
+            tokens += scheduler
+                .step()
+                .map_err(line)?
+                .iter()
+                .filter(|e| matches!(e, Event::Token { .. }))
+                .count();
+        }
+        Ok(tokens as f64 / start.elapsed().as_secs_f64())
+    };
+    let mut result = Streams {
+        streams: cli.streams,
+        tokens: STREAM_TOKENS,
+        one: Vec::new(),
+        many: Vec::new(),
+    };
+    run(cli.streams)?; // warm-up
+    for round in 1..=cli.rounds {
+        eprintln!("streams: round {round} of {} ...", cli.rounds);
+        result.one.push(run(1)?);
+        result.many.push(run(cli.streams)?);
+    }
+    Ok(result)
 }
 
 fn main() -> ExitCode {

@@ -78,6 +78,16 @@ pub struct Report {
     pub step_paths: Option<StepPaths>,
     pub prefill: Vec<PrefillRow>,
     pub speedup: Option<Speedup>,
+    pub streams: Option<Streams>,
+}
+
+/// Aggregate decode throughput of concurrent streams through the `Scheduler` against one
+/// stream, measured in interleaved rounds, tokens/s per round.
+pub struct Streams {
+    pub streams: usize,
+    pub tokens: usize,
+    pub one: Vec<f64>,
+    pub many: Vec<f64>,
 }
 
 /// Parallel against sequential prefill of one prompt, measured interleaved, in tokens/s.
@@ -128,6 +138,7 @@ impl Report {
             step_paths: None,
             prefill: Vec::new(),
             speedup: None,
+            streams: None,
         }
     }
 
@@ -191,6 +202,9 @@ impl Report {
         }
         self.decode_markdown(&mut md);
         self.prefill_markdown(&mut md, max_mem);
+        if let Some(streams) = &self.streams {
+            streams.markdown(&mut md);
+        }
         md
     }
 
@@ -347,5 +361,47 @@ impl Report {
             std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         Ok(())
+    }
+}
+
+impl Streams {
+    fn markdown(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "### Concurrent streams\n\n{} streams against 1 through the `Scheduler`, {} decoded \
+             tokens each (after their prompts), in interleaved rounds; aggregate tokens/s.\n",
+            self.streams, self.tokens
+        );
+        let _ = writeln!(
+            md,
+            "| round | 1 stream | {} streams | ratio |\n| ---: | ---: | ---: | ---: |",
+            self.streams
+        );
+        for (round, (one, many)) in self.one.iter().zip(&self.many).enumerate() {
+            let _ = writeln!(
+                md,
+                "| {} | {one:.1} | {many:.1} | {:.2} |",
+                round + 1,
+                many / one
+            );
+        }
+        let (one, many) = (median(&self.one), median(&self.many));
+        let _ = writeln!(
+            md,
+            "\nMedians: 1 stream {one:.1} tok/s, {} streams {many:.1} tok/s: **{:.2}x** one \
+             stream's throughput.\n",
+            self.streams,
+            many / one
+        );
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }

@@ -101,8 +101,14 @@ fn reference_accumulate(acc: &[f32], x: &[f32], w: &[f32], d_in: usize, d_out: u
 #[test]
 fn weight_kernels_match_an_f64_reference_on_both_paths() {
     // Odd sizes: a remainder of input rows past the unrolled passes, of outputs past the vectors
-    // and past the column tiles several rows take, and an odd row past the pairs.
-    for (rows, d_in, d_out) in [(3, 37, 29), (8, 21, 1100), (5, 19, 1100), (1, 19, 1100)] {
+    // past the column tiles more than a group of rows take, and odd row counts.
+    for (rows, d_in, d_out) in [
+        (3, 37, 29),
+        (8, 21, 1100),
+        (5, 19, 1100),
+        (1, 19, 1100),
+        (11, 21, 1100),
+    ] {
         kernels_match_reference(rows, d_in, d_out);
     }
 }

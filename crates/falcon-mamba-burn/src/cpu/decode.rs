@@ -511,11 +511,7 @@ impl<'a> Worker<'a> {
         // A worker that panics would leave the others spinning: release them, they panic too.
         let exchange = self.exchange;
         let _poison = PoisonOnPanic(&exchange.barrier);
-        let hidden = self.shape.hidden;
-        for (row, &id) in tokens.iter().enumerate() {
-            let h = &mut self.h[row * hidden..(row + 1) * hidden];
-            self.weights.embedding.column(id, h);
-        }
+        self.embed(tokens);
         for layer in 0..self.weights.layers.len() {
             self.in_proj(layer);
             exchange.barrier.wait();
@@ -526,6 +522,34 @@ impl<'a> Worker<'a> {
             self.residual(layer);
         }
         self.logits();
+    }
+
+    /// Phase 0: the tokens' embeddings. A column of the `[hidden, vocab]` table is a gather
+    /// with a page walk per value, so each worker gathers its block of the features (into its
+    /// out_proj buffer, unused until phase 3) and then copies the others' blocks.
+    fn embed(&mut self, tokens: &[usize]) {
+        let exchange = self.exchange;
+        let hidden = self.shape.hidden;
+        {
+            let own = self.hidden.clone();
+            let mut gathered = vec![0.0; tokens.len() * own.len()]; // [rows, own]
+            self.weights
+                .embedding
+                .columns_part(tokens, own.clone(), &mut gathered);
+            let mut mine = zeroed(&exchange.out_proj[self.w]);
+            for row in 0..tokens.len() {
+                let part = &gathered[row * own.len()..(row + 1) * own.len()];
+                mine[row * hidden + own.start..row * hidden + own.end].copy_from_slice(part);
+            }
+        }
+        exchange.barrier.wait();
+        for (w, part) in exchange.out_proj.iter().map(read).enumerate() {
+            let block = self.shape.hidden_block(w);
+            for row in 0..tokens.len() {
+                let range = row * hidden + block.start..row * hidden + block.end;
+                self.h[range.clone()].copy_from_slice(&part[range]);
+            }
+        }
     }
 
     /// Phase 1: norm (every worker, whole rows) and this worker's block of in_proj.

@@ -168,18 +168,25 @@ impl HostMatrix {
 
     /// Column `column` (one embedding) widened to f32 into `out` (`[d_in]`).
     pub(crate) fn column(&self, column: usize, out: &mut [f32]) {
-        let at = (0..self.d_in).map(|r| r * self.d_out + column);
+        self.columns_part(&[column], 0..self.d_in, out);
+    }
+
+    /// Rows `rows` of each of `columns`, widened to f32 into `out` (`[columns.len(),
+    /// rows.len()]`). The columns are read side by side, row by row: in a float format each
+    /// value is a page of its own, and the columns' values of one row share page-table lines.
+    pub(crate) fn columns_part(&self, columns: &[usize], rows: Range<usize>, out: &mut [f32]) {
+        let d_out = self.d_out;
         match &self.values {
-            Values::F32(v) => out.iter_mut().zip(at).for_each(|(o, i)| *o = v[i]),
-            Values::Bf16(v) => out
-                .iter_mut()
-                .zip(at)
-                .for_each(|(o, i)| *o = bf16_to_f32(v[i])),
-            Values::F16(v) => out
-                .iter_mut()
-                .zip(at)
-                .for_each(|(o, i)| *o = f16_to_f32(v[i])),
-            Values::Blocks(..) | Values::Bnb4(_) => self.dequantize_output(column, out),
+            Values::F32(v) => gather_columns(v, d_out, columns, rows, out, |v| v),
+            Values::Bf16(v) => gather_columns(v, d_out, columns, rows, out, bf16_to_f32),
+            Values::F16(v) => gather_columns(v, d_out, columns, rows, out, f16_to_f32),
+            Values::Blocks(..) | Values::Bnb4(_) => {
+                let (mut whole, len) = (vec![0.0; self.d_in], rows.len());
+                for (k, &column) in columns.iter().enumerate() {
+                    self.dequantize_output(column, &mut whole);
+                    out[k * len..(k + 1) * len].copy_from_slice(&whole[rows.clone()]);
+                }
+            }
         }
     }
 
@@ -303,6 +310,23 @@ fn f16_to_f32(bits: u16) -> f32 {
     half::f16::from_bits(bits).to_f32()
 }
 
+/// [`HostMatrix::columns_part`] of a float format's `[d_in, d_out]` values.
+fn gather_columns<T: Copy>(
+    values: &[T],
+    d_out: usize,
+    columns: &[usize],
+    rows: Range<usize>,
+    out: &mut [f32],
+    widen: impl Fn(T) -> f32,
+) {
+    let len = rows.len();
+    for (j, r) in rows.enumerate() {
+        for (k, &column) in columns.iter().enumerate() {
+            out[k * len + j] = widen(values[r * d_out + column]);
+        }
+    }
+}
+
 fn widen_into<T: Copy>(src: &[T], out: &mut [f32], widen: impl Fn(T) -> f32) {
     out.iter_mut().zip(src).for_each(|(o, &v)| *o = widen(v));
 }
@@ -410,9 +434,9 @@ mod simd {
     pub(super) trait Isa {
         type V: Copy;
         const LANES: usize;
-        /// Whether two activation rows share each weight load: the weights' splats of both
-        /// rows then live in registers (16 of them), which only AVX-512's 32 registers hold.
-        const PAIRS: bool;
+        /// Whether several activation rows share each weight load ([`pass_rows`]): their sums
+        /// live in registers, which only AVX-512's 32 registers hold.
+        const ROW_GROUPS: bool;
         unsafe fn splat(x: f32) -> Self::V;
         unsafe fn load(p: *const f32) -> Self::V;
         unsafe fn store(p: *mut f32, v: Self::V);
@@ -434,7 +458,7 @@ mod simd {
     impl Isa for Avx2 {
         type V = __m256;
         const LANES: usize = 8;
-        const PAIRS: bool = false;
+        const ROW_GROUPS: bool = false;
         #[inline(always)]
         unsafe fn splat(x: f32) -> __m256 {
             _mm256_set1_ps(x)
@@ -456,7 +480,7 @@ mod simd {
     impl Isa for Avx512 {
         type V = __m512;
         const LANES: usize = 16;
-        const PAIRS: bool = true;
+        const ROW_GROUPS: bool = true;
         #[inline(always)]
         unsafe fn splat(x: f32) -> __m512 {
             _mm512_set1_ps(x)
@@ -592,8 +616,24 @@ mod simd {
         if width == 0 {
             return;
         }
+        let rows = job.acc.len() / width;
+        if rows > 1 && I::ROW_GROUPS {
+            // Up to a group of rows reads each weight once, along rows as long as their sums
+            // stay in L2; more groups take tiles, which the later groups re-read from L1.
+            let tile = if rows > ROW_GROUP {
+                TILE
+            } else {
+                (GROUP_SUMS / (rows * size_of::<f32>())).max(TILE)
+            };
+            for start in (0..width).step_by(tile) {
+                let cols = start..(start + tile).min(width);
+                // SAFETY: the caller's features; `cols` lies within the outputs.
+                unsafe { accumulate_rows::<I, E>(&mut job, w, cols) };
+            }
+            return;
+        }
         // One row streams whole weight rows (what the prefetcher favours); several take tiles.
-        let tile = if job.acc.len() > width { TILE } else { width };
+        let tile = if rows > 1 { TILE } else { width };
         for start in (0..width).step_by(tile) {
             let cols = start..(start + tile).min(width);
             // SAFETY: the caller's features; `cols` lies within the outputs.
@@ -601,57 +641,211 @@ mod simd {
         }
     }
 
-    /// One pass of [`ROWS`] weight rows `ws` over `M` activation rows: `acc[k] += xs[k] @ ws`,
-    /// each weight vector loaded once for all `M`; prefetches `ahead` as it goes.
+    /// One pass of [`ROWS`] weight rows `ws` over one activation row: `acc += xs @ ws`;
+    /// prefetches `ahead` as it goes.
     ///
     /// # Safety
-    /// The CPU must have the ISA; `ws` and every `acc` are equally long.
+    /// The CPU must have the ISA; `ws` and `acc` are equally long.
     #[inline(always)]
-    unsafe fn pass<I: Isa, E: Element<I>, const M: usize>(
-        acc: [&mut [f32]; M],
-        xs: [&[f32]; M],
+    unsafe fn pass<I: Isa, E: Element<I>>(
+        acc: &mut [f32],
+        xs: &[f32],
         ws: &[&[E]; ROWS],
         ahead: &[*const E],
     ) {
         let n = ws[0].len();
         let vectors = n / I::LANES * I::LANES;
-        // Loops rather than `array::from_fn`: a closure would not inherit the caller's target
+        // A loop rather than `array::from_fn`: a closure would not inherit the caller's target
         // features, and its intrinsics would become calls.
         // SAFETY (this block and the loop's): the ISA's features are enabled by the caller;
         // j + LANES <= vectors <= n, the length of every row slice and of acc.
-        let mut xv = [[unsafe { I::splat(0.0) }; ROWS]; M];
-        for k in 0..M {
-            for r in 0..ROWS {
-                xv[k][r] = unsafe { I::splat(xs[k][r]) };
-            }
+        let mut xv = [unsafe { I::splat(0.0) }; ROWS];
+        for r in 0..ROWS {
+            xv[r] = unsafe { I::splat(xs[r]) };
         }
         for j in (0..vectors).step_by(I::LANES) {
             unsafe {
-                let mut sum = [I::splat(0.0); M];
-                for k in 0..M {
-                    sum[k] = I::load(acc[k].as_ptr().add(j));
-                }
+                let mut sum = I::load(acc.as_ptr().add(j));
                 for r in 0..ROWS {
-                    let wv = E::load(ws[r].as_ptr().add(j));
-                    for k in 0..M {
-                        sum[k] = I::fmadd(xv[k][r], wv, sum[k]);
-                    }
+                    sum = I::fmadd(xv[r], E::load(ws[r].as_ptr().add(j)), sum);
                 }
-                for k in 0..M {
-                    I::store(acc[k].as_mut_ptr().add(j), sum[k]);
-                }
+                I::store(acc.as_mut_ptr().add(j), sum);
                 for p in ahead {
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(j).cast());
                 }
             }
         }
-        for (acc, xs) in acc.into_iter().zip(xs) {
-            for j in vectors..n {
-                let mut sum = acc[j];
-                for r in 0..ROWS {
-                    sum = xs[r].mul_add(ws[r][j].widen(), sum);
+        for j in vectors..n {
+            let mut sum = acc[j];
+            for r in 0..ROWS {
+                sum = xs[r].mul_add(ws[r][j].widen(), sum);
+            }
+            acc[j] = sum;
+        }
+    }
+
+    /// Bytes of sums a group of activation rows keeps over a tile: a fraction of L2, so that
+    /// the sums every pass loads and stores stay there.
+    const GROUP_SUMS: usize = 256 * 1024;
+
+    /// Activation rows taken together by [`pass_rows`]: their sums of two vectors each, the
+    /// weight vectors and the splats of their inputs fit AVX-512's 32 registers.
+    const ROW_GROUP: usize = 8;
+
+    /// [`accumulate_tile`] for several activation rows on AVX-512, [`ROW_GROUP`] at a time
+    /// ([`pass_rows`]).
+    ///
+    /// # Safety
+    /// The CPU must have the ISA.
+    #[inline(always)]
+    unsafe fn accumulate_rows<I: Isa, E: Element<I>>(
+        job: &mut Job<'_>,
+        w: &[E],
+        cols: Range<usize>,
+    ) {
+        let (x, x_stride, d_out) = (job.x, job.x_stride, job.d_out);
+        let inputs = job.inputs.clone();
+        let width = job.outputs.len();
+        let rows = job.acc.len() / width;
+        let n = cols.len();
+        let first = job.outputs.start + cols.start;
+        // Long rows prefetch further along themselves; short ones (the hardware prefetcher
+        // loses track of streams that end every few KiB) the same columns of the next pass.
+        let ahead = if n <= SHORT_ROW {
+            ROWS * d_out
+        } else {
+            PREFETCH
+        };
+        let mut i = inputs.start;
+        while i + ROWS <= inputs.end {
+            let ws = &w[i * d_out + first..(i + ROWS - 1) * d_out + first + n];
+            for m0 in (0..rows).step_by(ROW_GROUP) {
+                let group = Group {
+                    acc: &mut job.acc[m0 * width + cols.start..],
+                    width,
+                    x: &x[m0 * x_stride + i..],
+                    x_stride,
+                    n,
+                    // The first group prefetches for all.
+                    ahead: if m0 == 0 { Some(ahead) } else { None },
+                };
+                // SAFETY (every arm): the caller's features; `group` spans its rows' columns.
+                unsafe {
+                    match rows - m0 {
+                        1 => pass_rows::<I, E, 1>(group, ws, d_out),
+                        2 => pass_rows::<I, E, 2>(group, ws, d_out),
+                        3 => pass_rows::<I, E, 3>(group, ws, d_out),
+                        4 => pass_rows::<I, E, 4>(group, ws, d_out),
+                        5 => pass_rows::<I, E, 5>(group, ws, d_out),
+                        6 => pass_rows::<I, E, 6>(group, ws, d_out),
+                        7 => pass_rows::<I, E, 7>(group, ws, d_out),
+                        _ => pass_rows::<I, E, ROW_GROUP>(group, ws, d_out),
+                    }
                 }
-                acc[j] = sum;
+            }
+            i += ROWS;
+        }
+        // SAFETY: the caller's features.
+        unsafe { accumulate_rest::<I, E>(job, w, cols, i) };
+    }
+
+    /// Up to [`ROW_GROUP`] activation rows of one pass.
+    struct Group<'a> {
+        /// Row `k`'s columns start at `acc[k * width]`.
+        acc: &'a mut [f32],
+        width: usize,
+        /// Row `k`'s pass inputs start at `x[k * x_stride]`.
+        x: &'a [f32],
+        x_stride: usize,
+        /// Columns.
+        n: usize,
+        /// How far ahead along the weights to prefetch, in elements, if at all.
+        ahead: Option<usize>,
+    }
+
+    /// `acc[k] += x[k] @ ws` for the group's `M` rows, `ws` the pass's [`ROWS`] weight rows
+    /// `stride` apart: along the columns two vectors at a time, the `M × 2` sums stay in
+    /// registers for the whole pass, so each weight vector load serves `M` multiply-adds and
+    /// each sum is loaded and stored once per pass. Each sum still adds the weight rows in input
+    /// order.
+    ///
+    /// # Safety
+    /// The CPU must have the ISA; the group's rows hold `n` columns and [`ROWS`] inputs.
+    #[inline(always)]
+    unsafe fn pass_rows<I: Isa, E: Element<I>, const M: usize>(
+        group: Group<'_>,
+        ws: &[E],
+        stride: usize,
+    ) {
+        let Group {
+            acc,
+            width,
+            x,
+            x_stride,
+            n,
+            ahead,
+        } = group;
+        assert!((M - 1) * width + n <= acc.len() && (M - 1) * x_stride + ROWS <= x.len());
+        assert!((ROWS - 1) * stride + n <= ws.len());
+        let (acc, w) = (acc.as_mut_ptr(), ws.as_ptr());
+        let lanes = I::LANES;
+        let mut j = 0;
+        // SAFETY (all blocks below): the asserts bound every offset (j + 2 lanes <= n); the
+        // prefetches touch no memory.
+        while j + 2 * lanes <= n {
+            unsafe {
+                let mut lo = [I::splat(0.0); M];
+                let mut hi = [I::splat(0.0); M];
+                for k in 0..M {
+                    lo[k] = I::load(acc.add(k * width + j));
+                    hi[k] = I::load(acc.add(k * width + j + lanes));
+                }
+                for r in 0..ROWS {
+                    let w_lo = E::load(w.add(r * stride + j));
+                    let w_hi = E::load(w.add(r * stride + j + lanes));
+                    for k in 0..M {
+                        let xv = I::splat(*x.get_unchecked(k * x_stride + r));
+                        lo[k] = I::fmadd(xv, w_lo, lo[k]);
+                        hi[k] = I::fmadd(xv, w_hi, hi[k]);
+                    }
+                }
+                for k in 0..M {
+                    I::store(acc.add(k * width + j), lo[k]);
+                    I::store(acc.add(k * width + j + lanes), hi[k]);
+                }
+                if let Some(ahead) = ahead {
+                    for r in 0..ROWS {
+                        let p = w.wrapping_add(r * stride + j + ahead);
+                        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(lanes).cast());
+                    }
+                }
+            }
+            j += 2 * lanes;
+        }
+        while j + lanes <= n {
+            unsafe {
+                for k in 0..M {
+                    let mut sum = I::load(acc.add(k * width + j));
+                    for r in 0..ROWS {
+                        let xv = I::splat(*x.get_unchecked(k * x_stride + r));
+                        sum = I::fmadd(xv, E::load(w.add(r * stride + j)), sum);
+                    }
+                    I::store(acc.add(k * width + j), sum);
+                }
+            }
+            j += lanes;
+        }
+        for j in j..n {
+            for k in 0..M {
+                unsafe {
+                    let a = acc.add(k * width + j);
+                    let mut sum = *a;
+                    for r in 0..ROWS {
+                        sum = x[k * x_stride + r].mul_add((*w.add(r * stride + j)).widen(), sum);
+                    }
+                    *a = sum;
+                }
             }
         }
     }
@@ -669,53 +863,61 @@ mod simd {
         let width = outputs.len();
         let rows = job.acc.len() / width;
         let n = cols.len();
-        let vectors = n / I::LANES * I::LANES;
         let first = outputs.start + cols.start;
-        let row = |i: usize| i * d_out + first..i * d_out + first + n; // weight row i's columns
-                                                                       // Row m's columns `cols` of acc (`[rows, width]`).
+        // Weight row i's columns, and row m's columns of acc (`[rows, width]`).
+        let row = |i: usize| i * d_out + first..i * d_out + first + n;
         let acc_cols = |m: usize| m * width + cols.start..m * width + cols.end;
         let ahead = if rows > 1 || n <= SHORT_ROW {
             ROWS * d_out
         } else {
             PREFETCH
         };
-        // Activation rows are taken one or two at a time; each group prefetches its share of
-        // the next pass's weight rows, so the reads from memory go on while the other groups
-        // compute from cache.
-        let step = if I::PAIRS { 2 } else { 1 };
-        let groups = rows.div_ceil(step);
+        // Each activation row prefetches its share of the next pass's weight rows, so the reads
+        // from memory go on while the other rows compute from cache.
         let mut i = inputs.start;
         while i + ROWS <= inputs.end {
             let mut ws: [&[E]; ROWS] = [&[]; ROWS];
             for (r, ws) in ws.iter_mut().enumerate() {
                 *ws = &w[row(i + r)];
             }
-            for (g, m) in (0..rows).step_by(step).enumerate() {
+            for m in 0..rows {
                 let mut ahead_rows = [std::ptr::null::<E>(); ROWS];
                 let mut mine = 0;
-                for r in (g..ROWS).step_by(groups) {
+                for r in (m..ROWS).step_by(rows) {
                     ahead_rows[mine] = ws[r].as_ptr().wrapping_add(ahead);
                     mine += 1;
                 }
-                let ahead_rows = &ahead_rows[..mine];
-                let xs = |m: usize| &x[m * x_stride + i..m * x_stride + i + ROWS];
-                if m + 1 < rows && I::PAIRS {
-                    let (first_rows, second) = job.acc.split_at_mut((m + 1) * width);
-                    let acc = [&mut first_rows[acc_cols(m)], &mut second[cols.clone()]];
-                    // SAFETY: the caller's features; every slice is `n` long.
-                    unsafe { pass::<I, E, 2>(acc, [xs(m), xs(m + 1)], &ws, ahead_rows) };
-                } else {
-                    let acc = [&mut job.acc[acc_cols(m)]];
-                    // SAFETY: as above.
-                    unsafe { pass::<I, E, 1>(acc, [xs(m)], &ws, ahead_rows) };
-                }
+                let xs = &x[m * x_stride + i..m * x_stride + i + ROWS];
+                // SAFETY: the caller's features; every slice is `n` long.
+                unsafe { pass::<I, E>(&mut job.acc[acc_cols(m)], xs, &ws, &ahead_rows[..mine]) };
             }
             i += ROWS;
         }
-        for i in i..inputs.end {
-            let w_row = &w[row(i)];
+        // SAFETY: the caller's features.
+        unsafe { accumulate_rest::<I, E>(job, w, cols, i) };
+    }
+
+    /// The inputs from `from` on (fewer than [`ROWS`]), one weight row at a time.
+    ///
+    /// # Safety
+    /// The CPU must have the ISA.
+    #[inline(always)]
+    unsafe fn accumulate_rest<I: Isa, E: Element<I>>(
+        job: &mut Job<'_>,
+        w: &[E],
+        cols: Range<usize>,
+        from: usize,
+    ) {
+        let (x, x_stride, d_out) = (job.x, job.x_stride, job.d_out);
+        let width = job.outputs.len();
+        let rows = job.acc.len() / width;
+        let n = cols.len();
+        let vectors = n / I::LANES * I::LANES;
+        let first = job.outputs.start + cols.start;
+        for i in from..job.inputs.end {
+            let w_row = &w[i * d_out + first..i * d_out + first + n];
             for m in 0..rows {
-                let acc = &mut job.acc[acc_cols(m)];
+                let acc = &mut job.acc[m * width + cols.start..m * width + cols.end];
                 let xv = x[m * x_stride + i];
                 // SAFETY: as above.
                 unsafe {

@@ -310,6 +310,9 @@ impl ScanBuffers<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn block_avx512(&self, full: bool, bi: usize, d0: usize, y: &mut [f32], s: &mut [f32]) {
+        if self.len == 1 {
+            return self.step::<true, true>(bi, d0, y, s);
+        }
         match full {
             true => self.block_generic::<true, true>(bi, d0, y, s),
             false => self.block_generic::<true, false>(bi, d0, y, s),
@@ -335,10 +338,17 @@ impl ScanBuffers<'_> {
     /// [`ScanBuffers::block_generic`] for one time step (a decode step): the state update channel
     /// by channel, the states as the vector lanes, so A and the state are read where they are
     /// instead of transposed to lane-major and back; the per-channel scalars and sums across
-    /// the channels. Every value is computed by the same operations in the
-    /// same order (the sum over states included), so the bits are the lane-major loop's.
+    /// the channels. Every value is computed by the same operations in the same order (the sum
+    /// over states included), so the bits are the lane-major loop's. `WIDE` (AVX-512 only)
+    /// transposes a full block's 16 states in registers for the sums.
     #[inline(always)]
-    fn step<const FMA: bool>(&self, bi: usize, d0: usize, y_out: &mut [f32], s_out: &mut [f32]) {
+    fn step<const FMA: bool, const WIDE: bool>(
+        &self,
+        bi: usize,
+        d0: usize,
+        y_out: &mut [f32],
+        s_out: &mut [f32],
+    ) {
         let (channels, n_state) = (self.channels, self.state);
         let width = LANES.min(channels - d0);
         let row = bi * channels + d0; // time step 0 of batch row bi, channel d0
@@ -346,14 +356,18 @@ impl ScanBuffers<'_> {
         let c = &self.c[bi * n_state..(bi + 1) * n_state];
         let x = &self.x[row..row + width];
         // Per-channel scalars first, over all channels at once (they vectorise across them).
+        // Whole arrays, so that the loops vectorise; lanes past `width` compute on zeros.
+        let raw = lanes_of(&self.delta[row..row + width]);
+        let bias = lanes_of(&self.bias[d0..d0 + width]);
         let mut delta = [0.0f32; LANES];
-        for (l, delta) in delta[..width].iter_mut().enumerate() {
-            *delta = softplus::<FMA>(self.delta[row + l] + self.bias[d0 + l]);
+        for l in 0..LANES {
+            delta[l] = softplus::<FMA>(raw[l] + bias[l]);
         }
         let mut gate = [1.0f32; LANES];
         if let Some(z) = self.z {
-            for (gate, &z) in gate.iter_mut().zip(&z[row..row + width]) {
-                *gate = silu::<FMA>(z);
+            let z = lanes_of(&z[row..row + width]);
+            for l in 0..LANES {
+                gate[l] = silu::<FMA>(z[l]);
             }
         }
         for l in 0..width {
@@ -370,13 +384,21 @@ impl ScanBuffers<'_> {
         // y = Σ_n s·c for every channel at once: the channels' sums are independent chains the
         // CPU runs side by side (one channel's is sixteen dependent multiply-adds).
         let mut y = [0.0f32; LANES];
-        let mut s_n = [0.0f32; LANES]; // every channel's state n
-        for (n, &c) in c.iter().enumerate() {
-            for (l, s) in s_n[..width].iter_mut().enumerate() {
-                *s = s_out[l * n_state + n];
-            }
-            for (y, &s) in y.iter_mut().zip(&s_n) {
-                *y = madd::<FMA>(s, c, *y);
+        let transposed = cfg!(target_arch = "x86_64") && WIDE && width == LANES && n_state == LANES;
+        #[cfg(target_arch = "x86_64")]
+        if transposed {
+            // SAFETY: `WIDE` is only set where the CPU has AVX-512 F.
+            y = unsafe { state_sums_16(s_out, c) };
+        }
+        if !transposed {
+            let mut s_n = [0.0f32; LANES]; // every channel's state n
+            for (n, &c) in c.iter().enumerate() {
+                for (l, s) in s_n[..width].iter_mut().enumerate() {
+                    *s = s_out[l * n_state + n];
+                }
+                for (y, &s) in y.iter_mut().zip(&s_n) {
+                    *y = madd::<FMA>(s, c, *y);
+                }
             }
         }
         for l in 0..width {
@@ -396,7 +418,7 @@ impl ScanBuffers<'_> {
         s_out: &mut [f32],
     ) {
         if self.len == 1 {
-            return self.step::<FMA>(bi, d0, y_out, s_out);
+            return self.step::<FMA, false>(bi, d0, y_out, s_out);
         }
         let (channels, n_state, len) = (self.channels, self.state, self.len);
         let width = if FULL {
@@ -488,6 +510,78 @@ impl ScanBuffers<'_> {
             }
         }
     }
+}
+
+/// `y[l] = Σ_n s[l][n] c[n]` for a block of 16 channels with 16 states each (`s` is
+/// `[channel, state]`), summed in state order with fused multiply-adds as the scalar loop does:
+/// the block is transposed in registers (four rounds of shuffles) so that each state's values of
+/// all the channels form one vector.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn state_sums_16(s: &[f32], c: &[f32]) -> [f32; LANES] {
+    use std::arch::x86_64::*;
+    assert!(s.len() >= LANES * LANES && c.len() >= LANES);
+    // SAFETY: the bounds are asserted; the caller guarantees the features.
+    unsafe {
+        let mut r = [_mm512_setzero_ps(); LANES]; // r[channel], lanes = states
+        for (l, r) in r.iter_mut().enumerate() {
+            *r = _mm512_loadu_ps(s.as_ptr().add(l * LANES));
+        }
+        // Pairs of channels interleaved within each 128-bit lane.
+        let mut t = [_mm512_setzero_ps(); LANES];
+        for g in 0..LANES / 2 {
+            t[2 * g] = _mm512_unpacklo_ps(r[2 * g], r[2 * g + 1]);
+            t[2 * g + 1] = _mm512_unpackhi_ps(r[2 * g], r[2 * g + 1]);
+        }
+        // u[4g + k], 128-bit lane q: channels 4g..4g+4 of state k + 4q.
+        let mut u = [_mm512_setzero_ps(); LANES];
+        for g in 0..LANES / 4 {
+            let (t0, t1) = (_mm512_castps_pd(t[4 * g]), _mm512_castps_pd(t[4 * g + 1]));
+            let (t2, t3) = (
+                _mm512_castps_pd(t[4 * g + 2]),
+                _mm512_castps_pd(t[4 * g + 3]),
+            );
+            u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+            u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+            u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+            u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+        }
+        // The 128-bit lanes regrouped: state k + 4q of every channel in one vector.
+        let mut by_state = [_mm512_setzero_ps(); LANES];
+        for k in 0..4 {
+            let even_low = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
+            let odd_low = _mm512_shuffle_f32x4::<0xdd>(u[k], u[4 + k]);
+            let even_high = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+            let odd_high = _mm512_shuffle_f32x4::<0xdd>(u[8 + k], u[12 + k]);
+            by_state[k] = _mm512_shuffle_f32x4::<0x88>(even_low, even_high);
+            by_state[k + 8] = _mm512_shuffle_f32x4::<0xdd>(even_low, even_high);
+            by_state[k + 4] = _mm512_shuffle_f32x4::<0x88>(odd_low, odd_high);
+            by_state[k + 12] = _mm512_shuffle_f32x4::<0xdd>(odd_low, odd_high);
+        }
+        let mut y = _mm512_setzero_ps();
+        for (n, s) in by_state.iter().enumerate() {
+            y = _mm512_fmadd_ps(*s, _mm512_set1_ps(c[n]), y);
+        }
+        let mut out = [0.0f32; LANES];
+        _mm512_storeu_ps(out.as_mut_ptr(), y);
+        out
+    }
+}
+
+/// Up to [`LANES`] values as an array, zeros after them.
+#[inline(always)]
+fn lanes_of(values: &[f32]) -> [f32; LANES] {
+    if let Ok(full) = <[f32; LANES]>::try_from(values) {
+        return full;
+    }
+    let mut lanes = [0.0; LANES];
+    for (lane, &v) in lanes.iter_mut().zip(values) {
+        *lane = v;
+    }
+    lanes
 }
 
 /// `a * b + c`, fused where `FMA` (only where the CPU has it: elsewhere `mul_add` is a slow
