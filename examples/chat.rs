@@ -185,7 +185,9 @@ fn reply<B: SelectiveScanBackend>(
     let mut shown = 0;
     let mut generated = Vec::new();
     for step in generation.by_ref() {
-        let Some(id) = step[0] else { break };
+        let Some(id) = step.map_err(line)?[0] else {
+            break;
+        };
         generated.push(id);
         if config.eos_token_ids.contains(&id) {
             break;

@@ -327,11 +327,14 @@ fn decode<B: SelectiveScanBackend>(
             )
             .map_err(line)?;
         // The first token comes from the prompt's logits.
-        generation.next();
+        generation.next().transpose().map_err(line)?;
         sync()?;
         let reach = start.elapsed().as_secs_f64();
         for _ in 0..WARM_UP_STEPS {
-            generation.next().ok_or("generation ended early")?;
+            generation
+                .next()
+                .ok_or("generation ended early")?
+                .map_err(line)?;
         }
         position = target.max(position + 1) + WARM_UP_STEPS;
         state = generation.into_state();
@@ -370,11 +373,14 @@ fn decode<B: SelectiveScanBackend>(
                     &config(Prefill::Sequential, STEPS_PER_ROUND),
                 )
                 .map_err(line)?;
-            generation.next();
+            generation.next().transpose().map_err(line)?;
             sync()?;
             for _ in 0..STEPS_PER_ROUND {
                 let start = Instant::now();
-                generation.next().ok_or("generation ended early")?;
+                generation
+                    .next()
+                    .ok_or("generation ended early")?
+                    .map_err(line)?;
                 times.push(start.elapsed().as_secs_f64());
             }
             *slot = Some(generation.into_state());

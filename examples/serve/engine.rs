@@ -287,6 +287,7 @@ fn handle<B: SelectiveScanBackend>(
                 FinishReason::Length if !stopped => "length",
                 FinishReason::Length => "stop",
                 FinishReason::Stop | FinishReason::Stopped => "stop",
+                FinishReason::InvalidLogits => "error",
             };
             l.finish(cached_tokens, reason, metrics);
         }

@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use falcon_mamba::{Error, FalconMamba, GenerationConfig, Tokenizer};
+use falcon_mamba::model::serving::{Event, FinishReason};
+use falcon_mamba::{Error, FalconMamba, GenerationConfig, Scheduler, SchedulerConfig, Tokenizer};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -236,4 +237,144 @@ fn ragged_ids_and_bad_settings() {
         .err()
         .unwrap();
     assert!(matches!(e, Error::StateMismatch { .. }), "{e:?}");
+}
+
+#[test]
+fn nan_logits_end_generation_with_a_typed_error() {
+    // NaN in norm_f's weight makes every logit NaN.
+    let dir = tiny_with_weights("nan-norm-f", |name, dtype, shape, bytes| {
+        let nan: &[u8] = match dtype {
+            Dtype::F32 => &[0x00, 0x00, 0xc0, 0x7f],
+            Dtype::BF16 => &[0xc0, 0x7f],
+            _ => &[0x00, 0x7e],
+        };
+        let bytes = match name.ends_with("norm_f.weight") {
+            true => nan.repeat(bytes.len() / nan.len()),
+            false => bytes.to_vec(),
+        };
+        Some((dtype, shape, bytes))
+    });
+    let model = FalconMamba::<B>::from_pretrained(&dir, &device::<B>()).unwrap();
+    let sampled = GenerationConfig::default()
+        .with_temperature(0.7)
+        .with_top_p(0.9);
+    for config in [GenerationConfig::default(), sampled.clone()] {
+        let mut generation = model.generate(&[[1u32, 2]], &config).unwrap();
+        match generation.next() {
+            Some(Err(e @ Error::NonFiniteLogits { .. })) => assert_names(&e, "NaN"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            generation.next().is_none(),
+            "generation goes on after an error"
+        );
+    }
+    // The scheduler ends that sequence alone, with its reason.
+    let mut scheduler = Scheduler::new(&model, SchedulerConfig::default()).unwrap();
+    let id = scheduler.add(vec![1, 2], &sampled).unwrap();
+    let events = scheduler.step().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Finished { id: i, reason: FinishReason::InvalidLogits, generated_tokens: 0, .. } if *i == id
+        )),
+        "{events:?}"
+    );
+    assert!(scheduler.is_idle());
+}
+
+#[test]
+fn empty_chunks_and_ids_past_the_vocabulary_on_every_path() {
+    use falcon_mamba::model::burn::prelude::{Int, Tensor, TensorData};
+    let model = FalconMamba::<B>::from_pretrained(tiny(), &device::<B>()).unwrap();
+    let vocab = model.config().vocab_size as i64;
+    let ids2 = |values: Vec<i64>, shape: [usize; 2]| {
+        Tensor::<B, 2, Int>::from_data(TensorData::new(values, shape), &device::<B>())
+    };
+    // A chunk of length 0.
+    let mut state = model.new_state(1);
+    let e = model
+        .forward(ids2(vec![], [1, 0]), &mut state)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::EmptyPrompt { .. }), "{e:?}");
+    // An id past the vocabulary in a chunk, and in a step of more rows than the fused step
+    // takes (the ops then run), and a negative one.
+    let e = model
+        .forward(ids2(vec![1, 2, vocab], [1, 3]), &mut state)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, Error::TokenOutOfRange { position: 2, .. }),
+        "{e:?}"
+    );
+    for bad in [vocab + 5, -1] {
+        let mut state = model.new_state(9);
+        let mut values = vec![1i64; 9];
+        values[7] = bad;
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(values, [9]), &device::<B>());
+        let e = model.step(ids, &mut state).err().unwrap();
+        assert!(matches!(e, Error::TokenOutOfRange { row: 7, .. }), "{e:?}");
+    }
+}
+
+#[test]
+fn special_files_are_refused_without_blocking() {
+    // A FIFO in place of config.json or the weights: opening one for reading waits for a
+    // writer forever. Run each load on a thread, so that a regression fails instead of hanging.
+    for name in ["config.json", "model.safetensors"] {
+        let dir = scratch_dir(&format!("fifo-{name}"));
+        for file in ["config.json", "model.safetensors"] {
+            let _ = std::fs::remove_file(dir.join(file));
+            if file != name {
+                std::fs::copy(tiny().join(file), dir.join(file)).unwrap();
+            }
+        }
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join(name))
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("no mkfifo here: skipped {name}");
+            continue;
+        }
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = send.send(load(&dir).to_string());
+        });
+        let message = receive
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("loading a FIFO {name} blocked"));
+        assert!(
+            message.contains(name) && message.contains("not a regular file"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn index_shard_names_stay_in_the_directory() {
+    for (i, bad) in [
+        "..",
+        ".",
+        "x#/../../..",
+        "/etc/passwd",
+        "a/b.safetensors",
+        ".hidden",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = sharded_copy(&format!("bad-shard-name-{i}"));
+        let index = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).unwrap();
+        let text = text.replacen(
+            "\"model-00001-of-00005.safetensors\"",
+            &format!("{:?}", bad),
+            1,
+        );
+        std::fs::write(&index, text).unwrap();
+        let e = load(&dir);
+        assert!(matches!(e, Error::InvalidIndex { .. }), "{bad}: {e:?}");
+        assert_names(&e, "not a file name");
+    }
 }

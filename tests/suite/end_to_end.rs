@@ -30,7 +30,7 @@ fn tiny_falcon_vocab_matches_transformers() {
         let generated: Vec<u32> = model
             .generate(&[&ids], &config)
             .unwrap()
-            .map(|step| step[0].unwrap())
+            .map(|step| step.unwrap()[0].unwrap())
             .collect();
         assert_eq!(generated, new_ids, "{prompt:?}: greedy ids");
         assert_eq!(
@@ -89,6 +89,7 @@ fn generation_stops_at_the_eos_ids_of_generation_config_json() {
     let steps: Vec<_> = model
         .generate(&[[9856u32, 1722]], &config)
         .unwrap()
-        .collect();
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(steps, vec![vec![Some(44275)]]);
 }

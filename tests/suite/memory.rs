@@ -101,7 +101,7 @@ fn measured_alone() {
         .expect("generation");
     let (mut at_10, mut at_2000) = (None, None);
     for produced in 1..=2_000 {
-        generation.next().expect("2,000 tokens");
+        generation.next().expect("2,000 tokens").expect("a token");
         let snapshot = || {
             let state = generation.state();
             (state.size_in_bytes(), shapes(state))

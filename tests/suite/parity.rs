@@ -412,8 +412,11 @@ fn greedy_ids_are_identical_on<B: SelectiveScanBackend>() {
         let reference = f.reference.ids(&format!("{batch}.generated_ids"));
         let greedy = |model: &FalconMamba<B>| -> Vec<Vec<u32>> {
             let config = GenerationConfig::default().with_max_new_tokens(reference[0].len());
-            let steps: Vec<Vec<Option<u32>>> =
-                model.generate(&f.prompt(batch), &config).unwrap().collect();
+            let steps: Vec<Vec<Option<u32>>> = model
+                .generate(&f.prompt(batch), &config)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
             (0..reference.len())
                 .map(|r| {
                     steps

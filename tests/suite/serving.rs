@@ -32,7 +32,7 @@ fn alone<B: SelectiveScanBackend>(
     model
         .generate(&[prompt], config)
         .unwrap()
-        .map_while(|step| step[0])
+        .map_while(|step| step.unwrap()[0])
         .collect()
 }
 
@@ -72,7 +72,7 @@ fn ragged_rows_on<B: SelectiveScanBackend>() {
         let together: Vec<Vec<u32>> = {
             let mut rows = vec![Vec::new(); prompts.len()];
             for step in model.generate(&prompts, &config).unwrap() {
-                for (row, id) in step.into_iter().enumerate() {
+                for (row, id) in step.unwrap().into_iter().enumerate() {
                     rows[row].extend(id);
                 }
             }
@@ -335,4 +335,28 @@ fn the_cache_stays_within_its_budget() {
     let mut small = StateCache::new(state_bytes - 1);
     small.insert(&[1, 2], model.new_state(1), None);
     assert_eq!(small.stats().entries, 0);
+}
+
+#[test]
+fn threads_sharing_one_model_get_the_tokens_of_one_thread_alone() {
+    type B = crate::common::B;
+    let model = FalconMamba::<B>::from_pretrained(
+        crate::common::fixture("tiny"),
+        &crate::common::device::<B>(),
+    )
+    .unwrap();
+    let config = GenerationConfig::default()
+        .with_max_new_tokens(12)
+        .with_temperature(0.8)
+        .with_seed(3);
+    let prompts: Vec<Vec<u32>> = (0..4u32).map(|t| vec![1 + t, 20 + t, 7]).collect();
+    let one_thread: Vec<Vec<u32>> = prompts.iter().map(|p| alone(&model, p, &config)).collect();
+    let together: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| scope.spawn(|| alone(&model, p, &config)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, one_thread);
 }

@@ -104,8 +104,31 @@ fn state_files_are_checked() {
         "{e}"
     );
 
-    let bytes = std::fs::read(&path).unwrap();
+    // A NaN in the last tensor's last value (the data section ends the file).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = bytes.len();
+    bytes[end - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let e = State::<B>::load(&path, model.config(), &device::<B>()).unwrap_err();
+    assert!(
+        matches!(e, Error::Safetensors { .. }) && e.to_string().contains("NaN"),
+        "{e}"
+    );
+
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = State::<B>::load(&path, model.config(), &device::<B>()).unwrap_err();
     assert!(matches!(e, Error::Safetensors { .. }), "{e:?}");
+
+    // Not a regular file: a directory, and a FIFO (which a plain read would wait on forever).
+    let fifo = dir.join("fifo.state");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let mut specials = vec![dir.clone()];
+    if made.is_ok_and(|s| s.success()) {
+        specials.push(fifo);
+    }
+    for special in specials {
+        let e = State::<B>::load(&special, model.config(), &device::<B>()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
 }

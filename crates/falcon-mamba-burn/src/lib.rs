@@ -27,3 +27,11 @@ pub use model::{Block, FalconMamba, Generation, LoadOptions, TextGeneration};
 pub use ops::{PackedLinear, ScanInput, SelectiveScanBackend};
 pub use serving::{Scheduler, SchedulerConfig, StateCache};
 pub use state::{LayerState, State};
+
+/// One model is shared by threads that each generate with their own state.
+#[cfg(feature = "ndarray")]
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<FalconMamba<burn::backend::NdArray<f32>>>();
+    shareable::<State<burn::backend::NdArray<f32>>>();
+};

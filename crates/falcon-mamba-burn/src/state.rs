@@ -241,6 +241,13 @@ impl<B: Backend> State<B> {
         device: &B::Device,
     ) -> Result<(Self, BTreeMap<String, String>)> {
         let path = path.as_ref();
+        // A FIFO or device would block or never end.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(Error::Safetensors {
+                path: path.to_path_buf(),
+                reason: "not a regular file".into(),
+            });
+        }
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -285,6 +292,13 @@ impl<B: Backend> State<B> {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
+            // A state is finite; NaN or infinity here would turn every logit to NaN.
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(invalid(format!(
+                    "tensor `{name}` holds {} at element {i}",
+                    values[i]
+                )));
+            }
             Ok(Tensor::from_data(
                 TensorData::new(values, view.shape().to_vec()),
                 device,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::text_file::{read_text, MAX_CONFIG_BYTES};
 
 /// The format falcon-mamba-7b-instruct uses.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n\
@@ -48,8 +49,7 @@ impl ChatTemplate {
         let dir = dir.as_ref();
         let config_path = dir.join("tokenizer_config.json");
         let config: Value = if config_path.is_file() {
-            let text =
-                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            let text = read_text(&config_path, MAX_CONFIG_BYTES)?;
             serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: config_path.clone(),
                 source,
@@ -70,10 +70,7 @@ impl ChatTemplate {
 
         let jinja = dir.join("chat_template.jinja");
         let (source, path) = if jinja.is_file() {
-            (
-                std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?,
-                jinja,
-            )
+            (read_text(&jinja, MAX_CONFIG_BYTES)?, jinja)
         } else {
             match &config["chat_template"] {
                 Value::String(s) => (s.clone(), config_path),
@@ -109,6 +106,7 @@ impl ChatTemplate {
         // transformers renders with trim_blocks and lstrip_blocks.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.add_function(
             "raise_exception",
             |message: String| -> std::result::Result<String, minijinja::Error> {
@@ -131,14 +129,27 @@ impl ChatTemplate {
     /// Renders a conversation; `add_generation_prompt` appends the assistant turn's opening.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self.env.get_template("chat").map_err(|e| self.error(e))?;
-        template
-            .render(context! {
+        let mut out = CappedText::default();
+        let rendered = template.render_captured_to(
+            context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
-            })
-            .map_err(|e| self.error(e))
+            },
+            &mut out,
+        );
+        if out.over {
+            return Err(Error::Template {
+                path: self.source.clone(),
+                reason: format!("the rendered text passes {MAX_RENDERED} bytes"),
+            });
+        }
+        rendered.map_err(|e| self.error(e))?;
+        String::from_utf8(out.bytes).map_err(|_| Error::Template {
+            path: self.source.clone(),
+            reason: "the rendered text is not UTF-8".into(),
+        })
     }
 
     /// Where the template came from.
@@ -154,9 +165,61 @@ impl ChatTemplate {
     }
 }
 
+/// Template instructions one render may run: real chat templates take thousands for a long
+/// conversation; a hostile one (loops over huge ranges) stops here, in well under a second.
+const FUEL: u64 = 5_000_000;
+
+/// Bytes one render may write.
+const MAX_RENDERED: usize = 16 << 20;
+
+/// A render's output, refused past [`MAX_RENDERED`] bytes.
+#[derive(Default)]
+struct CappedText {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED {
+            self.over = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_templates_stop_with_an_error() {
+        for source in [
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "{% set s = namespace(t='xx') %}{% for i in range(64) %}{% set s.t = s.t ~ s.t %}\
+             {{ s.t }}{% endfor %}",
+        ] {
+            let t = ChatTemplate::new(
+                source.into(),
+                "evil.jinja".into(),
+                String::new(),
+                String::new(),
+            )
+            .unwrap();
+            let start = std::time::Instant::now();
+            match t.render(&[Message::new("user", "hi")], true) {
+                Err(Error::Template { path, .. }) => assert_eq!(path, Path::new("evil.jinja")),
+                other => panic!("{source}: {other:?}"),
+            }
+            assert!(start.elapsed().as_secs() < 5, "{source}");
+        }
+    }
 
     #[test]
     fn chatml_fallback_renders_turns_and_the_generation_prompt() {

@@ -15,6 +15,7 @@ use crate::config::FalconMambaConfig;
 use crate::error::{Error, Result};
 use crate::quant;
 use crate::tensors::ModelTensors;
+use crate::text_file::{read_text, MAX_CONFIG_BYTES};
 use crate::weights::{WeightData, WeightFormat, WeightMatrix};
 
 const SINGLE_FILE: &str = "model.safetensors";
@@ -50,10 +51,11 @@ impl Checkpoint {
         let dir = dir.as_ref().to_path_buf();
         let single = dir.join(SINGLE_FILE);
         let index = dir.join(INDEX_FILE);
-        let (files, expected) = if single.is_file() {
+        // `exists`, not `is_file`: a FIFO or device by either name is refused, not skipped.
+        let (files, expected) = if single.exists() {
             (vec![WeightFile::open(single)?], None)
-        } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        } else if index.exists() {
+            let text = read_text(&index, MAX_CONFIG_BYTES)?;
             let parsed: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: index.clone(),
                 source,
@@ -69,7 +71,7 @@ impl Checkpoint {
             }
             let mut files = Vec::with_capacity(shard_names.len());
             for shard in shard_names {
-                if Path::new(shard).components().count() != 1 {
+                if !is_shard_name(shard) {
                     return Err(Error::InvalidIndex {
                         path: index,
                         reason: format!("shard name {shard:?} is not a file name"),
@@ -397,13 +399,30 @@ impl Checkpoint {
     }
 }
 
+/// Whether an index's shard name is a plain file name (letters, digits, `-`, `_`, `.`; not
+/// starting with a dot), which joined to the checkpoint directory, or to a hub URL, stays there.
+pub fn is_shard_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 impl WeightFile {
     fn open(path: PathBuf) -> Result<Self> {
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let invalid = |reason: String| Error::Safetensors {
             path: path.clone(),
             reason,
         };
+        // Checked before opening: opening a FIFO blocks until someone writes to it.
+        if !std::fs::metadata(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .is_file()
+        {
+            return Err(invalid("not a regular file".into()));
+        }
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let mut len_bytes = [0u8; 8];
         read_at(&file, &mut len_bytes, 0)

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::text_file::{read_text, MAX_CONFIG_BYTES};
 
 /// Which architecture a checkpoint is: the two differ only in the B/C/dt norms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +129,7 @@ impl FalconMambaConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_text(path, MAX_CONFIG_BYTES)?;
         Self::from_json(&text, path)
     }
 
@@ -195,7 +196,15 @@ impl FalconMambaConfig {
             architectures: raw.architectures.unwrap_or_default(),
             vocab_size: raw.vocab_size.unwrap_or(50280),
             hidden_size,
-            intermediate_size: raw.intermediate_size.unwrap_or(expand * hidden_size),
+            intermediate_size: match raw.intermediate_size {
+                Some(size) => size,
+                None => expand
+                    .checked_mul(hidden_size)
+                    .ok_or_else(|| match hidden_size {
+                        h if h > 1 << 16 => invalid("hidden_size", &h, "must be at most 65536"),
+                        _ => invalid("expand", &expand, "expand × hidden_size overflows"),
+                    })?,
+            },
             expand,
             state_size: raw.state_size.unwrap_or(16),
             num_hidden_layers: raw.num_hidden_layers.unwrap_or(32),
@@ -253,19 +262,61 @@ impl FalconMambaConfig {
             value,
             reason,
         };
+        // Caps far beyond any Mamba model, checked before anything is allocated or listed from
+        // these sizes, so that a hostile config fails at once.
         let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("state_size", self.state_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("conv_kernel", self.conv_kernel),
-            ("time_step_rank", self.time_step_rank),
+            (
+                "vocab_size",
+                self.vocab_size,
+                1 << 24,
+                "must be at most 2^24",
+            ),
+            (
+                "hidden_size",
+                self.hidden_size,
+                1 << 16,
+                "must be at most 65536",
+            ),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                1 << 18,
+                "must be at most 262144",
+            ),
+            (
+                "state_size",
+                self.state_size,
+                1 << 10,
+                "must be at most 1024",
+            ),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers,
+                1 << 10,
+                "must be at most 1024",
+            ),
+            ("conv_kernel", self.conv_kernel, 64, "must be at most 64"),
+            (
+                "time_step_rank",
+                self.time_step_rank,
+                1 << 16,
+                "must be at most 65536",
+            ),
         ];
-        for (field, value) in sizes {
+        for (field, value, limit, too_large) in sizes {
             if value == 0 {
                 return Err(invalid(field, "0".into(), "must be at least 1"));
             }
+            if value > limit {
+                return Err(invalid(field, value.to_string(), too_large));
+            }
+        }
+        if self.parameters() > MAX_PARAMETERS {
+            return Err(invalid(
+                "num_hidden_layers",
+                self.num_hidden_layers.to_string(),
+                "with these widths, more than 10^12 parameters",
+            ));
         }
         if self.conv_kernel < 2 {
             return Err(invalid(
@@ -299,6 +350,21 @@ impl FalconMambaConfig {
         Ok(())
     }
 
+    /// The number of weights the sizes imply (embedding, lm_head and every block; biases and
+    /// norms aside). The sizes are capped first, so this cannot overflow.
+    fn parameters(&self) -> u64 {
+        let [h, d, n, r, k] = [
+            self.hidden_size,
+            self.intermediate_size,
+            self.state_size,
+            self.time_step_rank,
+            self.conv_kernel,
+        ]
+        .map(|v| v as u64);
+        let block = h * 2 * d + d * k + d * (r + 2 * n) + r * d + d * n + d + d * h;
+        2 * self.vocab_size as u64 * h + self.num_hidden_layers as u64 * block
+    }
+
     /// Whether the mixer applies the weightless RMS norms to B, C and dt (Falcon Mamba, not Mamba-1).
     pub fn mixer_norms(&self) -> bool {
         self.model_type == ModelType::FalconMamba
@@ -319,9 +385,37 @@ pub(crate) fn token_ids(value: &Value) -> Option<Vec<u32>> {
     }
 }
 
+/// More weights than this is no Mamba model anyone can load.
+const MAX_PARAMETERS: u64 = 1_000_000_000_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_built() {
+        for (json, field) in [
+            (r#"{"num_hidden_layers": 1000000000}"#, "num_hidden_layers"),
+            (r#"{"hidden_size": 18446744073709551615}"#, "hidden_size"),
+            (
+                r#"{"hidden_size": 4096, "expand": 18446744073709551615}"#,
+                "expand",
+            ),
+            (r#"{"vocab_size": 4294967296}"#, "vocab_size"),
+            (r#"{"state_size": 100000}"#, "state_size"),
+            (
+                r#"{"hidden_size": 65536, "intermediate_size": 262144, "num_hidden_layers": 1024}"#,
+                "num_hidden_layers",
+            ),
+        ] {
+            let start = std::time::Instant::now();
+            match FalconMambaConfig::from_json(json, "config.json") {
+                Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field, "{json}"),
+                other => panic!("{json}: {other:?}"),
+            }
+            assert!(start.elapsed().as_secs() < 1, "{json}");
+        }
+    }
 
     #[test]
     fn intermediate_size_wins_over_expand() {

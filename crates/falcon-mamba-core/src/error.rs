@@ -185,6 +185,13 @@ pub enum Error {
         /// The model's vocabulary size.
         vocab_size: usize,
     },
+    /// A row of logits has no finite value, so no token can be picked: the weights or the
+    /// state hold NaN or infinity.
+    #[error("no finite logit among {len}: the model's weights or its state hold NaN or infinity")]
+    NonFiniteLogits {
+        /// The row's length.
+        len: usize,
+    },
     /// A recurrent state does not fit the model or batch it is used with.
     #[error("state mismatch: {reason}")]
     StateMismatch {

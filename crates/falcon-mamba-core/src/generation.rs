@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::config::token_ids;
 use crate::error::{Error, Result};
+use crate::text_file::{read_text, MAX_CONFIG_BYTES};
 
 /// How a prompt is fed through the model before the first new token. All modes give the same
 /// logits and state up to f32 rounding; they trade speed against memory.
@@ -133,7 +134,7 @@ impl GenerationConfig {
     /// `top_k`, as in transformers.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_text(path, MAX_CONFIG_BYTES)?;
         let json = |source| Error::Json {
             path: path.to_path_buf(),
             source,
@@ -267,6 +268,41 @@ impl GenerationConfig {
                 "must be a finite number > 0",
             );
         }
+        if self.max_new_tokens > MAX_NEW_TOKENS {
+            return invalid(
+                "max_new_tokens",
+                self.max_new_tokens.to_string(),
+                "must be at most 2^24 (each generated id is kept for the repetition penalty)",
+            );
+        }
         Ok(())
+    }
+}
+
+/// The most tokens one generation may ask for: its ids alone then take 64 MiB.
+pub const MAX_NEW_TOKENS: usize = 1 << 24;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_token_counts_are_refused() {
+        let e = GenerationConfig::default()
+            .with_max_new_tokens(usize::MAX)
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidGeneration {
+                    field: "max_new_tokens",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let soak = GenerationConfig::default().with_max_new_tokens(100_000);
+        assert!(soak.validate().is_ok());
     }
 }

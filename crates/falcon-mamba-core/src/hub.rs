@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 
+use crate::checkpoint::is_shard_name;
 use crate::error::{Error, Result};
+use crate::text_file::{read_text, MAX_CONFIG_BYTES};
 
 /// Files a checkpoint directory may hold besides the weights; absent ones are skipped.
 const OPTIONAL_FILES: [&str; 4] = [
@@ -53,7 +55,7 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     }
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text = read_text(&index, MAX_CONFIG_BYTES)?;
             let parsed: serde_json::Value =
                 serde_json::from_str(&text).map_err(|source| Error::Json {
                     path: index.clone(),
@@ -65,6 +67,14 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
                 .unwrap_or_default();
             shards.sort_unstable();
             shards.dedup();
+            // Names are checked before any download: one such as `x#/../..` would reach
+            // outside the repository's URL and the cache directory.
+            if let Some(bad) = shards.iter().find(|s| !is_shard_name(s)) {
+                return Err(Error::InvalidIndex {
+                    path: index,
+                    reason: format!("shard name {bad:?} is not a file name"),
+                });
+            }
             for shard in shards {
                 repo.get(shard).map_err(|e| hub_error(e.to_string()))?;
             }

@@ -27,6 +27,7 @@ pub mod quantized;
 pub mod reference;
 pub mod sampling;
 pub mod tensors;
+pub mod text_file;
 pub mod tokenizer;
 pub mod weights;
 

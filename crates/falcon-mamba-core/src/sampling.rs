@@ -1,6 +1,7 @@
 //! Picking the next token from logits: repetition penalty, then greedy or temperature / top-k /
 //! top-p sampling (transformers' order), with a small seeded RNG so results are reproducible.
 
+use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
 
 /// Picks tokens for one sequence; owns its RNG stream.
@@ -21,26 +22,39 @@ impl Sampler {
     }
 
     /// Picks the next id from `logits` (one row, modified in place) given the ids seen so far
-    /// (prompt and generated), which the repetition penalty looks at.
-    pub fn sample(&mut self, logits: &mut [f32], seen: &[u32]) -> u32 {
+    /// (prompt and generated), which the repetition penalty looks at. NaN logits never win; a
+    /// row without a single finite logit (NaN weights or a NaN state) is an error.
+    pub fn sample(&mut self, logits: &mut [f32], seen: &[u32]) -> Result<u32> {
         apply_repetition_penalty(logits, seen, self.config.repetition_penalty);
+        let Some(max) = logits
+            .iter()
+            .copied()
+            .filter(|l| l.is_finite())
+            .reduce(f32::max)
+        else {
+            return Err(Error::NonFiniteLogits { len: logits.len() });
+        };
         if !self.config.do_sample {
-            return argmax(logits);
+            return Ok(argmax(logits));
+        }
+        if let Some(i) = logits.iter().position(|&l| l == f32::INFINITY) {
+            return Ok(i as u32);
         }
         let t = self.config.temperature;
-        // Candidates sorted by logit, descending: top-k and top-p both cut this list.
+        // Relative to the largest before dividing: with a tiny temperature the rest go to -inf
+        // and the largest stays 0, where `l / t` would give inf - inf.
         let mut candidates: Vec<(u32, f32)> = (0u32..)
-            .zip(logits.iter().map(|&l| l / t))
+            .zip(logits.iter().map(|&l| (l - max) / t))
             .filter(|(_, l)| !l.is_nan())
             .collect();
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if let Some(k) = self.config.top_k {
             candidates.truncate(k.max(1));
         }
-        let max = candidates.first().map_or(0.0, |c| c.1);
+        // The first candidate is the largest, at 0: the total is at least 1.
         let mut probs: Vec<f64> = candidates
             .iter()
-            .map(|&(_, l)| f64::from(l - max).exp())
+            .map(|&(_, l)| f64::from(l).exp())
             .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
@@ -61,23 +75,24 @@ impl Sampler {
         let mut u = self.rng.next_f64() * total;
         for (i, p) in probs.iter().enumerate() {
             if u < *p {
-                return candidates[i].0;
+                return Ok(candidates[i].0);
             }
             u -= p;
         }
-        candidates[probs.len() - 1].0
+        Ok(candidates[probs.len() - 1].0)
     }
 }
 
-/// Index of the largest logit (the first on ties, like `torch.argmax`).
+/// Index of the largest logit (the first on ties, like `torch.argmax`), NaN aside; 0 if all are
+/// NaN.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
+    let mut best: Option<(usize, f32)> = None;
     for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+        if !l.is_nan() && best.is_none_or(|(_, b)| l > b) {
+            best = Some((i, l));
         }
     }
-    best as u32
+    best.map_or(0, |(i, _)| i as u32)
 }
 
 /// transformers' `RepetitionPenaltyLogitsProcessor`: each id seen once or more is penalised once.
@@ -123,7 +138,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(&GenerationConfig::default(), 0);
-        assert_eq!(s.sample(&mut [0.0, 3.0, 3.0, -1.0], &[]), 1);
+        assert_eq!(s.sample(&mut [0.0, 3.0, 3.0, -1.0], &[]).unwrap(), 1);
     }
 
     #[test]
@@ -140,7 +155,7 @@ mod tests {
             .with_top_k(1);
         let mut s = Sampler::new(&config, 0);
         for _ in 0..20 {
-            assert_eq!(s.sample(&mut [0.0, 0.5, 0.4], &[]), 1);
+            assert_eq!(s.sample(&mut [0.0, 0.5, 0.4], &[]).unwrap(), 1);
         }
         let config = GenerationConfig::default()
             .with_temperature(1.0)
@@ -148,7 +163,7 @@ mod tests {
         let draw = |stream| {
             let mut s = Sampler::new(&config, stream);
             (0..32)
-                .map(|_| s.sample(&mut [0.0; 8], &[]))
+                .map(|_| s.sample(&mut [0.0; 8], &[]).unwrap())
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(0), draw(0));
@@ -166,8 +181,38 @@ mod tests {
         let logits = [3.0f32, 2.0, 1.0, 0.0];
         let mut seen = [false; 4];
         for _ in 0..400 {
-            seen[s.sample(&mut logits.clone(), &[]) as usize] = true;
+            seen[s.sample(&mut logits.clone(), &[]).unwrap() as usize] = true;
         }
         assert_eq!(seen, [true, true, false, false]);
+    }
+
+    #[test]
+    fn non_finite_logits_never_panic() {
+        let greedy = GenerationConfig::default();
+        let sampled = GenerationConfig::default()
+            .with_temperature(1.0)
+            .with_top_p(0.9);
+        let tiny = GenerationConfig::default().with_temperature(1e-30);
+        for config in [&greedy, &sampled, &tiny] {
+            let mut s = Sampler::new(config, 0);
+            for row in [
+                vec![f32::NAN; 5],
+                vec![f32::NEG_INFINITY; 3],
+                vec![f32::NAN, f32::INFINITY],
+                vec![],
+            ] {
+                match s.sample(&mut row.clone(), &[1]) {
+                    Err(Error::NonFiniteLogits { len }) => assert_eq!(len, row.len()),
+                    other => panic!("{row:?}: {other:?}"),
+                }
+            }
+            // NaN is never drawn; a tiny temperature is greedy.
+            let mut row = [f32::NAN, 1.0, 3.0, f32::NAN, 2.0];
+            let id = s.sample(&mut row, &[]).unwrap();
+            assert!(
+                id == 2 || (id == 4 && std::ptr::eq(config, &sampled)),
+                "{id}"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::text_file::{read_text, MAX_TOKENIZER_BYTES};
 
 /// A `tokenizer.json` tokenizer. Encoding adds no special tokens (Falcon's tokenizer has no
 /// post-processor, and transformers' results in our fixtures are made that way).
@@ -15,16 +16,13 @@ impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if !path.is_file() {
-            return Err(Error::io(
-                &path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            ));
-        }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let json = read_text(&path, MAX_TOKENIZER_BYTES)?;
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Tokenizer { inner, path })
     }
 
@@ -97,7 +95,15 @@ impl DecodeStream<'_> {
             .decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
         if text.len() > prefix.len() && !text.ends_with(char::REPLACEMENT_CHARACTER) {
-            let piece = text[prefix.len()..].to_string();
+            // The text normally extends the prefix. A byte-fallback decoder can render the
+            // prefix's bytes differently once more bytes follow (a valid character becomes one
+            // replacement character per byte): the new text then starts at the first character
+            // boundary past the prefix's length.
+            let mut start = prefix.len();
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            let piece = text[start..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
             Ok(Some(piece))
@@ -117,5 +123,46 @@ impl DecodeStream<'_> {
             .get(prefix.len()..)
             .filter(|s| !s.is_empty())
             .map(str::to_string))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-fallback tokenizer: `x`, `z` and the bytes 0xC3 and 0xA9 (`é` is C3 A9).
+    fn byte_fallback() -> Tokenizer {
+        let dir = std::env::temp_dir().join(format!("byte-fallback-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        std::fs::write(
+            &path,
+            r#"{"version": "1.0", "added_tokens": [], "normalizer": null,
+                "pre_tokenizer": null, "post_processor": null,
+                "decoder": {"type": "ByteFallback"},
+                "model": {"type": "WordLevel", "unk_token": "x",
+                          "vocab": {"x": 0, "z": 1, "<0xC3>": 2, "<0xA9>": 3}}}"#,
+        )
+        .unwrap();
+        Tokenizer::from_file(&path).unwrap()
+    }
+
+    #[test]
+    fn streaming_survives_bytes_that_change_meaning() {
+        let tokenizer = byte_fallback();
+        // x, é, then a stray continuation byte turns C3 A9 A9 into three replacement
+        // characters, so the decoded prefix "é" is no prefix of the new text.
+        let ids = [0u32, 2, 3, 3, 1];
+        let mut stream = tokenizer.decode_stream();
+        let mut text = String::new();
+        for &id in &ids {
+            text.extend(stream.step(id).unwrap());
+        }
+        text.extend(stream.finish().unwrap());
+        assert_eq!(text, "xé\u{FFFD}\u{FFFD}z");
+        assert_eq!(
+            tokenizer.decode(&ids).unwrap(),
+            "x\u{FFFD}\u{FFFD}\u{FFFD}z"
+        );
     }
 }

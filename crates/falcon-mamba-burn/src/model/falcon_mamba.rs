@@ -159,10 +159,34 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         Ok(())
     }
 
+    /// Checks a chunk of ids (`[batch, len]`, or `[batch]` for a step): at least one row and
+    /// position, every id below `vocab_size`. Reads the ids to the host.
+    fn check_ids<const D: usize>(&self, ids: &Tensor<B, D, Int>) -> Result<()> {
+        let dims = ids.dims();
+        if dims.contains(&0) {
+            return Err(Error::EmptyPrompt { row: 0 });
+        }
+        let len = if D == 2 { dims[1] } else { 1 };
+        let vocab_size = self.config.vocab_size;
+        let data = ids.to_data();
+        let bad = data
+            .iter::<i64>()
+            .enumerate()
+            .find(|&(_, id)| usize::try_from(id).map_or(true, |id| id >= vocab_size));
+        match bad {
+            Some((i, id)) => Err(Error::TokenOutOfRange {
+                id: u32::try_from(id).unwrap_or(u32::MAX),
+                row: i / len,
+                position: i % len,
+                vocab_size,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Runs a chunk of ids `[batch, len]` in parallel, continuing from `state` and updating it.
-    /// Returns the logits at every position, `[batch, len, vocab]`.
-    ///
-    /// Ids must be below `vocab_size` ([`FalconMamba::input_ids`] checks that).
+    /// Returns the logits at every position, `[batch, len, vocab]`. Errors on an empty chunk or
+    /// an id past the vocabulary.
     pub fn forward(&self, ids: Tensor<B, 2, Int>, state: &mut State<B>) -> Result<Tensor<B, 3>> {
         let hidden = self.hidden(ids, state)?;
         Ok(self.logits(hidden))
@@ -193,6 +217,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
         state: &mut State<B>,
         mut after_block: impl FnMut(&Tensor<B, 3>),
     ) -> Result<Tensor<B, 3>> {
+        self.check_ids(&ids)?;
         state.check(&self.config, ids.dims()[0])?;
         let mut h = self.embed(ids); // [batch, len, hidden]
         for (block, layer_state) in self.layers.iter().zip(&mut state.layers) {
@@ -208,6 +233,7 @@ impl<B: SelectiveScanBackend> FalconMamba<B> {
     /// to 8 rows) run it here; it gives the same logits and state as [`FalconMamba::forward`] on
     /// a one-token chunk.
     pub fn step(&self, ids: Tensor<B, 1, Int>, state: &mut State<B>) -> Result<Tensor<B, 2>> {
+        self.check_ids(&ids)?;
         if let Some(logits) = self.fused_step(ids.clone(), state) {
             return logits;
         }

@@ -9,7 +9,7 @@ use crate::state::State;
 
 /// New tokens for a batch of prompts, one step per item: `Some(id)` per row, `None` for rows
 /// that have already stopped at an eos id. Ends after `max_new_tokens` steps or when every row
-/// has stopped.
+/// has stopped, or after an error (logits without a finite value: NaN weights or state).
 pub struct Generation<'m, B: SelectiveScanBackend> {
     model: &'m FalconMamba<B>,
     config: GenerationConfig,
@@ -96,7 +96,7 @@ impl<B: SelectiveScanBackend> Generation<'_, B> {
 }
 
 impl<B: SelectiveScanBackend> Iterator for Generation<'_, B> {
-    type Item = Vec<Option<u32>>;
+    type Item = Result<Vec<Option<u32>>>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.produced == self.config.max_new_tokens || !self.finished.contains(&false) {
@@ -129,13 +129,20 @@ impl<B: SelectiveScanBackend> Iterator for Generation<'_, B> {
                 continue;
             }
             let mut row_logits = values[row * vocab..(row + 1) * vocab].to_vec();
-            let id = sampler.sample(&mut row_logits, &self.seen[row]);
+            let id = match sampler.sample(&mut row_logits, &self.seen[row]) {
+                Ok(id) => id,
+                Err(e) => {
+                    // Nothing after this: the rows' states hold what made the logits.
+                    self.finished.fill(true);
+                    return Some(Err(e));
+                }
+            };
             self.seen[row].push(id);
             self.finished[row] = self.config.eos_token_ids.contains(&id);
             step.push(Some(id));
         }
         self.produced += 1;
-        Some(step)
+        Some(Ok(step))
     }
 }
 
@@ -157,7 +164,15 @@ impl<B: SelectiveScanBackend> Iterator for TextGeneration<'_, B> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match self.tokens.next().map(|step| step[0]) {
+            let step = match self.tokens.next() {
+                Some(Ok(step)) => Some(step[0]),
+                Some(Err(e)) => {
+                    self.decoder = None;
+                    return Some(Err(e));
+                }
+                None => None,
+            };
+            match step {
                 Some(Some(id)) => match self.decoder.as_mut()?.step(id) {
                     Ok(Some(piece)) => return Some(Ok(piece)),
                     Ok(None) => continue,

@@ -31,6 +31,9 @@ pub enum FinishReason {
     Length,
     /// The caller ended it ([`Scheduler::stop`]).
     Stopped,
+    /// Its logits had no finite value (NaN weights, or a NaN state it resumed from): no token
+    /// could be picked, and its state is not cached.
+    InvalidLogits,
 }
 
 /// What a [`Scheduler::step`] produced.
@@ -154,6 +157,8 @@ struct Sequence<B: SelectiveScanBackend> {
     cached: usize,
     /// Its own state while its prompt is fed (`None` before the first chunk).
     state: Option<State<B>>,
+    /// Its logits had no finite value: its state is not worth caching.
+    poisoned: bool,
 }
 
 impl<B: SelectiveScanBackend> Sequence<B> {
@@ -172,8 +177,10 @@ impl<B: SelectiveScanBackend> Sequence<B> {
     }
 
     /// Samples a token from this sequence's logits; returns it and whether the sequence ended.
-    fn sample(&mut self, logits: &mut [f32]) -> (Event, Option<FinishReason>) {
-        let token = self.sampler.sample(logits, &self.tokens);
+    fn sample(&mut self, logits: &mut [f32]) -> (Option<Event>, Option<FinishReason>) {
+        let Ok(token) = self.sampler.sample(logits, &self.tokens) else {
+            return (None, Some(FinishReason::InvalidLogits));
+        };
         self.tokens.push(token);
         let end = if self.config.eos_token_ids.contains(&token) {
             Some(FinishReason::Stop)
@@ -182,7 +189,7 @@ impl<B: SelectiveScanBackend> Sequence<B> {
         } else {
             None
         };
-        (Event::Token { id: self.id, token }, end)
+        (Some(Event::Token { id: self.id, token }), end)
     }
 }
 
@@ -249,6 +256,7 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
             fed: 0,
             cached: 0,
             state: None,
+            poisoned: false,
         });
         Ok(id)
     }
@@ -393,10 +401,12 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
         }
         let mut values = host_values(logits); // [vocab]
         let (token, end) = seq.sample(&mut values);
-        self.generated_tokens += 1;
-        events.push(token);
+        self.generated_tokens += u64::from(token.is_some());
+        events.extend(token);
         if let Some(reason) = end {
-            self.snapshot(&seq.tokens[..seq.tokens.len() - 1], state);
+            if reason != FinishReason::InvalidLogits {
+                self.snapshot(&seq.tokens[..seq.tokens.len() - 1], state);
+            }
             events.push(seq.finished(reason));
             return Ok(());
         }
@@ -434,17 +444,20 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
         {
             seq.fed += 1;
             let (token, end) = seq.sample(logits);
-            self.generated_tokens += 1;
-            events.push(token);
+            self.generated_tokens += u64::from(token.is_some());
+            events.extend(token);
             if let Some(reason) = end {
                 events.push(seq.finished(reason));
                 ended.push(row);
+                if reason == FinishReason::InvalidLogits {
+                    seq.poisoned = true;
+                }
             }
         }
         self.remove_rows(&ended)
     }
 
-    /// Takes rows out of the batch, caching each one's state.
+    /// Takes rows out of the batch, caching each one's state (unless its logits were invalid).
     fn remove_rows(&mut self, rows: &[usize]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -453,7 +466,7 @@ impl<'m, B: SelectiveScanBackend> Scheduler<'m, B> {
             return Ok(());
         };
         for &row in rows {
-            if self.cache.budget() > 0 {
+            if self.cache.budget() > 0 && !self.running[row].poisoned {
                 let seq = &self.running[row];
                 let tokens = seq.tokens[..seq.fed].to_vec();
                 self.snapshot(&tokens, state.select_rows(&[row])?);
