@@ -3,7 +3,9 @@
 //! on a one-token chunk (the same step as the model's ops one by one; on burn-ndarray `step` runs
 //! the backend's fused decode pass, elsewhere the same ops). On burn-ndarray;
 //! with `--all-features` and `FALCON_MAMBA_BACKEND=wgpu` (or `cuda`) on that backend instead,
-//! timed to the device's completion.
+//! timed to the device's completion. Also four threads each stepping its own sequence, at once
+//! against in turn (the CPU's decode threads take one step at a time, so at once should cost no
+//! more).
 //!
 //! The `serving_*` group measures batching on the same model: one decode step of 1 and of 8 rows
 //! (the weights are read once per step, so 8 rows should cost far less than 8 steps); the
@@ -21,6 +23,9 @@ use falcon_mamba::{
     FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, Scheduler, SchedulerConfig,
     SelectiveScanBackend,
 };
+
+/// Threads stepping at once in the `step_*_callers_*` pair.
+const CALLERS: usize = 4;
 
 fn decode_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
     let device = B::Device::default();
@@ -53,6 +58,29 @@ fn decode_on<B: SelectiveScanBackend>(c: &mut Criterion, name: &str) {
             let logits = model.forward(chunk, &mut state).expect("forward");
             B::sync(&device).expect("device runs the step");
             logits
+        })
+    });
+    // Several threads stepping their own sequences at once share the cores: four steps at once
+    // should take about as long as four in turn, not longer.
+    let mut states: Vec<_> = (0..CALLERS).map(|_| state.clone()).collect();
+    group.throughput(Throughput::Elements(CALLERS as u64));
+    group.bench_function(format!("step_{CALLERS}_callers_in_turn"), |bench| {
+        bench.iter(|| {
+            for state in &mut states {
+                model.step(token.clone(), state).expect("step");
+            }
+            B::sync(&device).expect("device runs the steps");
+        })
+    });
+    group.bench_function(format!("step_{CALLERS}_callers_at_once"), |bench| {
+        bench.iter(|| {
+            std::thread::scope(|scope| {
+                for state in &mut states {
+                    let (model, token) = (&model, token.clone());
+                    scope.spawn(move || model.step(token, state).expect("step"));
+                }
+            });
+            B::sync(&device).expect("device runs the steps");
         })
     });
     group.finish();

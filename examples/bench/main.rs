@@ -9,12 +9,17 @@
 //!   sequential at 2048 tokens measured interleaved;
 //! - the decode bandwidth bound: the read bandwidth measured in the same run (before and after
 //!   the decode, the faster) ÷ the weight bytes one token reads in the model's format, and the
-//!   fraction of it the decode reaches.
+//!   fraction of it the decode reaches;
+//! - streams (`--run streams`): concurrent streams through the `Scheduler` against one;
+//! - soak (`--run soak`): one generation of `--soak-tokens` tokens, speed and resident memory per
+//!   window of 10,000.
 //!
 //! ```text
 //! cargo run --release --example bench -- [--shape 130m|370m|1.4b|7b] [--backend cpu|wgpu|cuda]
-//!     [--layers N] [--vocab 65024] [--dtype f32|bf16|f16] [--run bandwidth,decode,prefill] [--positions 256,1024,4096,16384,65536]
+//!     [--layers N] [--vocab 65024] [--dtype f32|bf16|f16|q8|q4]
+//!     [--run bandwidth,decode,prefill,streams,soak] [--positions 256,1024,4096,16384,65536]
 //!     [--decode-tokens 32] [--prompts 128,256,...,32768] [--chunk 512] [--sequential-max N]
+//!     [--streams 8] [--rounds 7] [--soak-tokens 100000]
 //!     [--max-mem 16GiB] [--out target/bench] [--font FILE.ttf]
 //! ```
 //! Markdown tables go to stdout, progress to stderr; `decode.csv`, `prefill.csv`, `decode.png`
@@ -43,7 +48,7 @@ use falcon_mamba::{
     WeightFormat,
 };
 use falcon_mamba::{Scheduler, SchedulerConfig};
-use report::{DecodeRow, PrefillRow, Report, Speedup, StepPaths, Streams};
+use report::{DecodeRow, PrefillRow, Report, Soak, SoakWindow, Speedup, StepPaths, Streams};
 
 /// Benchmark decode and prefill of a random-weight Falcon Mamba.
 #[derive(Parser, Debug)]
@@ -66,7 +71,8 @@ struct Cli {
     /// Weight format: f32, bf16, f16, q8 or q4 (activations and the state are f32).
     #[arg(long, default_value = "f32")]
     dtype: WeightFormat,
-    /// What to measure: any of bandwidth, decode, prefill, streams (not by default).
+    /// What to measure: any of bandwidth, decode, prefill, streams and soak (the last two not
+    /// by default).
     #[arg(
         long,
         value_delimiter = ',',
@@ -100,6 +106,9 @@ struct Cli {
     /// Rounds of the streams run.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Tokens of the soak run's one generation.
+    #[arg(long, default_value_t = 100_000)]
+    soak_tokens: usize,
     /// Longest prompt fed sequentially (default: the longest of --prompts). Token by token
     /// costs one decode step per token.
     #[arg(long)]
@@ -191,10 +200,10 @@ impl OnBackend for Bench {
         if let Some(other) = cli
             .run
             .iter()
-            .find(|r| !["bandwidth", "decode", "prefill", "streams"].contains(&r.as_str()))
+            .find(|r| !["bandwidth", "decode", "prefill", "streams", "soak"].contains(&r.as_str()))
         {
             return Err(format!(
-                "--run {other:?}: expected bandwidth, decode, prefill or streams"
+                "--run {other:?}: expected bandwidth, decode, prefill, streams or soak"
             ));
         }
         let config = FalconMambaConfig::falcon_mamba(hidden, layers, cli.vocab).map_err(line)?;
@@ -237,6 +246,9 @@ impl OnBackend for Bench {
         }
         if wants("streams") {
             report.streams = Some(streams(&model, &cli, &mut ids)?);
+        }
+        if wants("soak") {
+            report.soak = Some(soak(&model, &cli, &mut ids)?);
         }
 
         print!("{}", report.markdown(max_mem));
@@ -607,6 +619,51 @@ fn streams<B: SelectiveScanBackend>(
         result.many.push(run(cli.streams)?);
     }
     Ok(result)
+}
+
+/// Tokens per window of the soak run.
+const SOAK_WINDOW: usize = 10_000;
+
+/// One greedy generation of `--soak-tokens` tokens from a 16-token prompt: speed and resident
+/// memory per window of [`SOAK_WINDOW`] tokens (the last window may be shorter).
+fn soak<B: SelectiveScanBackend>(
+    model: &FalconMamba<B>,
+    cli: &Cli,
+    ids: &mut Ids,
+) -> Result<Soak, String> {
+    let config = GenerationConfig::default()
+        .with_max_new_tokens(cli.soak_tokens)
+        .with_eos_token_ids(Vec::new());
+    let generation = model.generate(&[ids.take(16)], &config).map_err(line)?;
+    let mut soak = Soak {
+        window: SOAK_WINDOW,
+        windows: Vec::new(),
+    };
+    memory::reset_peak();
+    let mut start = Instant::now();
+    let mut in_window = 0;
+    for (produced, step) in (1..).zip(generation) {
+        step.map_err(line)?;
+        in_window += 1;
+        if in_window == SOAK_WINDOW || produced == cli.soak_tokens {
+            let window = SoakWindow {
+                produced,
+                tokens_per_second: in_window as f64 / start.elapsed().as_secs_f64(),
+                resident: memory::resident(),
+                peak: memory::peak(),
+            };
+            eprintln!(
+                "soak: {produced} tokens, {:.1} tok/s, resident {}",
+                window.tokens_per_second,
+                report::mib(window.resident)
+            );
+            soak.windows.push(window);
+            memory::reset_peak();
+            in_window = 0;
+            start = Instant::now();
+        }
+    }
+    Ok(soak)
 }
 
 fn main() -> ExitCode {

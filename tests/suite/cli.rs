@@ -245,3 +245,98 @@ fn a_hub_id_without_network_says_to_pass_a_directory() {
     let out = run(command, "");
     assert_one_line_error(&out, "pass a local checkpoint directory");
 }
+
+/// A stand-in for the hub at `HF_ENDPOINT`: serves `files` as hf-hub asks for them (a ranged GET
+/// for the metadata, then the body), 404 for anything else, and records every path requested.
+fn stub_hub(files: Vec<(&'static str, Vec<u8>)>) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (requested, paths) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut from = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if let Some(range) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    from = range.split('-').next().unwrap().trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let path = request.split(' ').nth(1).unwrap_or("").to_string();
+            let _ = requested.send(path.clone());
+            let file = files
+                .iter()
+                .enumerate()
+                .find(|(_, (name, _))| path.ends_with(&format!("/resolve/main/{name}")));
+            let response = match file {
+                Some((i, (_, body))) => {
+                    let part = &body[from.min(body.len())..];
+                    let mut head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nx-repo-commit: {:040x}\r\netag: \"blob{i}\"\r\n\
+                         Content-Range: bytes {from}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        7,
+                        body.len().saturating_sub(1),
+                        body.len(),
+                        part.len()
+                    )
+                    .into_bytes();
+                    head.extend_from_slice(part);
+                    head
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    (url, paths)
+}
+
+#[test]
+fn a_hub_index_naming_a_shard_outside_the_repository_is_refused_before_any_download() {
+    let model = tiny_model();
+    let read = |name: &str| std::fs::read(model.join(name)).unwrap();
+    let index = br#"{"metadata": {}, "weight_map": {"backbone.embeddings.weight": "x#/../../../escaped.safetensors"}}"#;
+    let (url, paths) = stub_hub(vec![
+        ("config.json", read("config.json")),
+        ("tokenizer.json", read("tokenizer.json")),
+        ("model.safetensors.index.json", index.to_vec()),
+    ]);
+    let home = scratch_dir("stub-hub-home");
+    let mut command = example("generate");
+    command
+        .args(["--model", "stranger/evil", "--prompt", "hi"])
+        .env("HF_ENDPOINT", &url)
+        .env("HF_HOME", &home);
+    let out = run(command, "");
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains("shard name") && last.contains("escaped"),
+        "{stderr}"
+    );
+    let requested: Vec<String> = paths.try_iter().collect();
+    assert!(
+        requested
+            .iter()
+            .any(|p| p.ends_with("model.safetensors.index.json")),
+        "{requested:?}"
+    );
+    assert!(
+        // The URL would end at the `#`: hf-hub would ask for `x` and write the file under the
+        // name with its `..`s.
+        !requested
+            .iter()
+            .any(|p| p.ends_with("/x") || p.contains("escaped") || p.contains("..")),
+        "the hostile shard was requested: {requested:?}"
+    );
+    let outside = home.parent().unwrap().join("escaped.safetensors");
+    assert!(!outside.exists(), "{} was written", outside.display());
+}

@@ -7,6 +7,7 @@ mod common;
 mod decode;
 mod dtypes;
 mod end_to_end;
+mod fuzz_corpora;
 mod memory;
 mod parity;
 mod prefill;

@@ -1,14 +1,16 @@
 //! The constant-memory promise as structure, not timing: a heap counter (this binary's global
 //! allocator) measured in a child process that runs nothing else.
 //! - Decode: the state's size, tensor count and shapes are the same at position 10 and 2,000 of a
-//!   generation, and the live heap between decode steps is the same 1,000 and 2,000 steps later.
+//!   generation, and the live heap between decode steps is the same 1,000 and 2,000 steps later,
+//!   as are the decode step's threads (started once, not per step).
 //! - Prefill: chunked prefill of a 4k-token prompt peaks no higher than parallel prefill of one
 //!   chunk, while parallel prefill of the same 4k prompt peaks far higher (so the counter sees
-//!   activations).
+//!   activations), yet no higher than parallel prefill of `PARALLEL_CHUNK` tokens.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use falcon_mamba::core::generation::PARALLEL_CHUNK;
 use falcon_mamba::{FalconMamba, FalconMambaConfig, GenerationConfig, Prefill, State};
 
 use crate::common::{device, B};
@@ -56,6 +58,23 @@ fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
 fn model() -> FalconMamba<B> {
     let config = FalconMambaConfig::falcon_mamba(64, 2, 256).expect("valid shape");
     FalconMamba::random(config, &device::<B>(), 1).expect("random model")
+}
+
+/// The ids of this process's threads named as the fused decode step's team names them (Linux;
+/// the kernel keeps the first 15 bytes of a name).
+fn decode_threads() -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with("falcon-mamba-de"))
+        })
+        .filter_map(|task| task.file_name().to_str()?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// Each state tensor's shape, in order.
@@ -137,8 +156,16 @@ fn measured_alone() {
     };
     window(990);
     let at_1000 = window(10).into_iter().min().expect("10 steps");
+    let team_at_1000 = decode_threads();
     window(980);
     let at_2000 = window(10).into_iter().min().expect("10 steps");
+    let team_at_2000 = decode_threads();
+    // The fused step's threads are started once and kept: the same ones 1,000 steps apart.
+    println!("decode threads: {team_at_1000:?} at 1,000 steps, {team_at_2000:?} at 2,000");
+    if cfg!(target_os = "linux") {
+        assert_eq!(team_at_1000.len(), rayon::current_num_threads() - 1);
+        assert_eq!(team_at_1000, team_at_2000, "decode threads were started anew");
+    }
     println!("live heap between steps: {at_1000} bytes 1,000 steps on, {at_2000} 2,000 steps on");
     let slack = 8 * 1024;
     assert!(
@@ -158,9 +185,15 @@ fn measured_alone() {
     let one_chunk = prefill(chunk, Prefill::Parallel);
     let chunked = prefill(4096, Prefill::Chunked(chunk));
     let parallel = prefill(4096, Prefill::Parallel);
+    let parallel_most = prefill(PARALLEL_CHUNK, Prefill::Parallel);
     println!(
         "peak heap above the model: one {chunk}-token chunk {one_chunk} bytes, chunked 4k \
-         {chunked}, parallel 4k {parallel}"
+         {chunked}, parallel 4k {parallel}, parallel {PARALLEL_CHUNK} {parallel_most}"
+    );
+    assert!(
+        parallel <= parallel_most + parallel_most / 10,
+        "parallel prefill of 4096 tokens held {parallel} bytes, of {PARALLEL_CHUNK} tokens \
+         {parallel_most}: long prompts must go in passes of at most {PARALLEL_CHUNK}"
     );
     assert!(
         chunked <= one_chunk + one_chunk / 10,

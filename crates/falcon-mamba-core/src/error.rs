@@ -192,6 +192,12 @@ pub enum Error {
         /// The row's length.
         len: usize,
     },
+    /// A thread of the CPU decode step could not be started, or one failed mid-step.
+    #[error("decode step failed: {reason}")]
+    Worker {
+        /// What went wrong.
+        reason: String,
+    },
     /// A recurrent state does not fit the model or batch it is used with.
     #[error("state mismatch: {reason}")]
     StateMismatch {

@@ -10,11 +10,17 @@ use crate::config::token_ids;
 use crate::error::{Error, Result};
 use crate::text_file::{read_text, MAX_CONFIG_BYTES};
 
+/// The most tokens [`Prefill::Parallel`] feeds in one pass. Longer prompts go in passes of this
+/// many, carrying the state, so activation memory stops growing with the prompt (a few hundred
+/// MB at the 7B's widths); a pass this long already keeps the cores busy, so speed is kept.
+pub const PARALLEL_CHUNK: usize = 2048;
+
 /// How a prompt is fed through the model before the first new token. All modes give the same
 /// logits and state up to f32 rounding; they trade speed against memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Prefill {
-    /// One pass over the whole prompt: fastest, activation memory O(prompt length).
+    /// Passes of up to [`PARALLEL_CHUNK`] tokens: the fastest, activation memory
+    /// O(min(prompt length, PARALLEL_CHUNK)).
     #[default]
     Parallel,
     /// Passes of at most this many tokens, carrying the state: memory O(chunk), any length.
@@ -27,7 +33,7 @@ impl Prefill {
     /// The number of tokens fed per pass for a prompt of `len` tokens.
     pub fn chunk_len(self, len: usize) -> usize {
         match self {
-            Prefill::Parallel => len.max(1),
+            Prefill::Parallel => len.clamp(1, PARALLEL_CHUNK),
             Prefill::Chunked(n) => n.max(1),
             Prefill::Sequential => 1,
         }

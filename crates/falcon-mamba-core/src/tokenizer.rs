@@ -15,8 +15,14 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let json = read_text(&path, MAX_TOKENIZER_BYTES)?;
+        let path = path.as_ref();
+        Self::from_json(&read_text(path, MAX_TOKENIZER_BYTES)?, path)
+    }
+
+    /// Parses the text of a `tokenizer.json` (one embedded in a binary, say); `source` names it
+    /// in errors.
+    pub fn from_json(json: &str, source: impl AsRef<Path>) -> Result<Self> {
+        let path = source.as_ref().to_path_buf();
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| Error::Tokenizer {
@@ -95,15 +101,7 @@ impl DecodeStream<'_> {
             .decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
         if text.len() > prefix.len() && !text.ends_with(char::REPLACEMENT_CHARACTER) {
-            // The text normally extends the prefix. A byte-fallback decoder can render the
-            // prefix's bytes differently once more bytes follow (a valid character becomes one
-            // replacement character per byte): the new text then starts at the first character
-            // boundary past the prefix's length.
-            let mut start = prefix.len();
-            while !text.is_char_boundary(start) {
-                start += 1;
-            }
-            let piece = text[start..].to_string();
+            let piece = past_prefix(&text, prefix.len()).to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
             Ok(Some(piece))
@@ -119,11 +117,21 @@ impl DecodeStream<'_> {
             .tokenizer
             .decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
-        Ok(text
-            .get(prefix.len()..)
+        Ok(Some(past_prefix(&text, prefix.len()))
             .filter(|s| !s.is_empty())
             .map(str::to_string))
     }
+}
+
+/// `text` from the first character boundary at or past `len`. The text normally extends the
+/// prefix of that length; a byte-fallback decoder can render the prefix's bytes differently once
+/// more bytes follow (a valid character becomes one replacement character per byte).
+fn past_prefix(text: &str, len: usize) -> &str {
+    let mut start = len.min(text.len());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 #[cfg(test)]
@@ -132,19 +140,8 @@ mod tests {
 
     /// A byte-fallback tokenizer: `x`, `z` and the bytes 0xC3 and 0xA9 (`é` is C3 A9).
     fn byte_fallback() -> Tokenizer {
-        let dir = std::env::temp_dir().join(format!("byte-fallback-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("tokenizer.json");
-        std::fs::write(
-            &path,
-            r#"{"version": "1.0", "added_tokens": [], "normalizer": null,
-                "pre_tokenizer": null, "post_processor": null,
-                "decoder": {"type": "ByteFallback"},
-                "model": {"type": "WordLevel", "unk_token": "x",
-                          "vocab": {"x": 0, "z": 1, "<0xC3>": 2, "<0xA9>": 3}}}"#,
-        )
-        .unwrap();
-        Tokenizer::from_file(&path).unwrap()
+        let json = include_str!("../../../tests/fixtures/tokenizer/byte-fallback.json");
+        Tokenizer::from_json(json, "byte-fallback.json").unwrap()
     }
 
     #[test]

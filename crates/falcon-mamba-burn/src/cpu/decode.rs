@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use burn::backend::ndarray::{NdArrayTensor, SharedArray};
 use burn::prelude::*;
@@ -32,6 +32,7 @@ use falcon_mamba_core::{Error, Result};
 use super::matrix::HostMatrix;
 use super::matvec::{block_range, MAX_ROWS};
 use super::scan::{rms_norm_row, silu, ScanBuffers, LANES};
+use super::team::Team;
 use crate::ops::{Matrix, PackedLinear, SelectiveScanBackend, StepDims, StepWeights};
 use crate::state::{LayerState, State};
 
@@ -92,45 +93,83 @@ where
             ssm: tensor(ssm),
         })
         .collect();
-    let logits = TensorData::new(logits?, [rows, shape.vocab]);
+    let logits = match logits? {
+        Ok(logits) => TensorData::new(logits, [rows, shape.vocab]),
+        Err(e) => return Some(Err(e)),
+    };
     Some(Ok(Tensor::from_data(logits, &device)))
 }
 
-/// Splits the work among the workers, runs them and adds up the logits, `[rows, vocab]`.
+/// The decode threads and the buffers they exchange partial sums in, kept from step to step (the
+/// logits partials alone are megabytes, which fresh allocations would fault in page by page on
+/// every step). One step at a time holds them; concurrent callers wait their turn asleep.
+struct Decoder {
+    team: Team,
+    exchange: Option<Exchange>,
+}
+
+static DECODER: Mutex<Decoder> = Mutex::new(Decoder {
+    team: Team::new(),
+    exchange: None,
+});
+
+/// One worker's channels of each layer's conv and SSM state, `[layer][row]`.
+type StateShare<'a> = (Vec<Vec<&'a mut [f32]>>, Vec<Vec<&'a mut [f32]>>);
+
+/// Splits the work among the workers, runs them and adds up the logits, `[rows, vocab]`. `None`
+/// if the state does not fit the shape; an error if a worker could not start or failed (the
+/// state is then put back as it is, possibly part-way through the step).
 fn run(
     shape: &Shape,
     weights: &Weights<'_, &[f32]>,
     tokens: &[usize],
     conv: &mut [SharedArray<f32>],
     ssm: &mut [SharedArray<f32>],
-) -> Option<Vec<f32>> {
+) -> Option<Result<Vec<f32>>> {
     // Each worker's channels of each layer's state, per row: [worker][layer][row].
     let conv_shares = owned_shares(conv, shape, shape.kernel - 1)?;
     let ssm_shares = owned_shares(ssm, shape, shape.state)?;
-    let exchange = Exchange::new(shape);
-    std::thread::scope(|scope| {
-        let mut shares = conv_shares.into_iter().zip(ssm_shares).enumerate();
-        let first = shares.next();
-        for (w, (conv, ssm)) in shares {
-            let exchange = &exchange;
-            scope.spawn(move || Worker::new(w, shape, weights, exchange, conv, ssm).run(tokens));
-        }
-        if let Some((w, (conv, ssm))) = first {
-            Worker::new(w, shape, weights, &exchange, conv, ssm).run(tokens);
-        }
-    });
+    let shares: Vec<Mutex<Option<StateShare<'_>>>> = conv_shares
+        .into_iter()
+        .zip(ssm_shares)
+        .map(|share| Mutex::new(Some(share)))
+        .collect();
 
-    let partials: Vec<_> = exchange.logits.iter().map(read).collect();
-    let mut logits = partials.first()?.to_vec();
-    for p in &partials[1..] {
-        logits.iter_mut().zip(p.iter()).for_each(|(y, p)| *y += p);
+    let mut decoder = DECODER.lock().unwrap_or_else(PoisonError::into_inner);
+    let Decoder { team, exchange } = &mut *decoder;
+    let exchange = match exchange.take() {
+        Some(kept) if kept.fits(shape) => kept,
+        _ => Exchange::new(shape),
+    };
+    let ran = team.run(shape.workers, &|w| {
+        // A worker that panics would leave the others spinning: release them, they panic too.
+        let _poison = PoisonOnPanic(&exchange.barrier);
+        let share = shares[w]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let (conv, ssm) = share.expect("each worker's share is taken once");
+        Worker::new(w, shape, weights, &exchange, conv, ssm).run(tokens);
+    });
+    if let Err(e) = ran {
+        return Some(Err(e));
     }
+
+    let mut logits = {
+        let partials: Vec<_> = exchange.logits.iter().map(read).collect();
+        let mut logits = partials.first()?.to_vec();
+        for p in &partials[1..] {
+            logits.iter_mut().zip(p.iter()).for_each(|(y, p)| *y += p);
+        }
+        logits
+    };
+    decoder.exchange = Some(exchange);
     if let Some(bias) = weights.lm_head_bias {
         for row in logits.chunks_exact_mut(shape.vocab) {
             row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
         }
     }
-    Some(logits)
+    Some(Ok(logits))
 }
 
 /// Model dimensions and the work split.
@@ -402,9 +441,21 @@ struct Exchange {
     /// `[worker][rows, vocab]`
     logits: Vec<RwLock<Vec<f32>>>,
     barrier: SpinBarrier,
+    /// The shape the buffers are sized for: rows, workers and the widths above.
+    sizes: [usize; 6],
 }
 
 impl Exchange {
+    fn sizes(shape: &Shape) -> [usize; 6] {
+        let x = shape.rank + 2 * shape.state;
+        let (rows, workers) = (shape.rows, shape.workers);
+        [rows, workers, shape.channels, x, shape.hidden, shape.vocab]
+    }
+
+    fn fits(&self, shape: &Shape) -> bool {
+        self.sizes == Self::sizes(shape)
+    }
+
     fn new(shape: &Shape) -> Self {
         let buffers = |len: usize| {
             (0..shape.workers)
@@ -417,6 +468,7 @@ impl Exchange {
             out_proj: buffers(shape.hidden),
             logits: buffers(shape.vocab),
             barrier: SpinBarrier::new(shape.workers),
+            sizes: Self::sizes(shape),
         }
     }
 }
@@ -508,9 +560,7 @@ impl<'a> Worker<'a> {
     }
 
     fn run(mut self, tokens: &[usize]) {
-        // A worker that panics would leave the others spinning: release them, they panic too.
         let exchange = self.exchange;
-        let _poison = PoisonOnPanic(&exchange.barrier);
         self.embed(tokens);
         for layer in 0..self.weights.layers.len() {
             self.in_proj(layer);

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod matrix;
 pub mod matvec;
 pub mod scan;
+mod team;
 
 use burn::backend::ndarray::{FloatNdArrayElement, IntNdArrayElement, NdArray, QuantElement};
 use burn::backend::ndarray::{NdArrayTensor, SharedArray};
