@@ -164,7 +164,10 @@ fn measured_alone() {
     println!("decode threads: {team_at_1000:?} at 1,000 steps, {team_at_2000:?} at 2,000");
     if cfg!(target_os = "linux") {
         assert_eq!(team_at_1000.len(), rayon::current_num_threads() - 1);
-        assert_eq!(team_at_1000, team_at_2000, "decode threads were started anew");
+        assert_eq!(
+            team_at_1000, team_at_2000,
+            "decode threads were started anew"
+        );
     }
     println!("live heap between steps: {at_1000} bytes 1,000 steps on, {at_2000} 2,000 steps on");
     let slack = 8 * 1024;

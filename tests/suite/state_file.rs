@@ -119,6 +119,16 @@ fn state_files_are_checked() {
     let e = State::<B>::load(&path, model.config(), &device::<B>()).unwrap_err();
     assert!(matches!(e, Error::Safetensors { .. }), "{e:?}");
 
+    // A terabyte longer than its header says (sparse): refused at once, nothing read.
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(bytes.len() as u64 + (1 << 40)).unwrap();
+    let start = std::time::Instant::now();
+    let e = State::<B>::load(&path, model.config(), &device::<B>()).unwrap_err();
+    assert!(e.to_string().contains("not the length of a state"), "{e}");
+    assert!(start.elapsed().as_secs() < 5, "took {:?}", start.elapsed());
+    std::fs::remove_file(&path).unwrap();
+
     // Not a regular file: a directory, and a FIFO (which a plain read would wait on forever).
     let fifo = dir.join("fifo.state");
     let _ = std::fs::remove_file(&fifo);

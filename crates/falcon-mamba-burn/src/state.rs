@@ -2,6 +2,7 @@
 //! recent pre-conv inputs) and an SSM state; its size never depends on the context length.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use burn::prelude::*;
@@ -13,6 +14,41 @@ use safetensors::SafeTensors;
 const FORMAT: &str = "falcon-mamba-state/1";
 /// Prefix of caller metadata in the file header, apart from the shape keys.
 const USER: &str = "user.";
+/// The longest header a state file may have: the shape, the tensor list and caller metadata.
+const MAX_HEADER: u64 = 64 << 20;
+
+/// Reads a safetensors header (its length, then the JSON) from the start of a file of `len`
+/// bytes, returning the header's length and its metadata.
+fn read_header(
+    file: &mut std::fs::File,
+    len: u64,
+) -> std::result::Result<(u64, BTreeMap<String, String>), String> {
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|_| format!("{len} bytes, shorter than a safetensors header"))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER || header_len > len - 8 {
+        return Err(format!(
+            "header of {header_len} bytes in a file of {len} (at most {MAX_HEADER})"
+        ));
+    }
+    let mut json = vec![0; header_len as usize];
+    file.read_exact(&mut json).map_err(|e| e.to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&json).map_err(|e| format!("header: {e}"))?;
+    let metadata = match header.get("__metadata__") {
+        None => BTreeMap::new(),
+        Some(serde_json::Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(v) => Ok((k.clone(), v.clone())),
+                _ => Err(format!("header: metadata `{k}` is not a string")),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        Some(_) => return Err("header: `__metadata__` is not an object".into()),
+    };
+    Ok((header_len, metadata))
+}
 
 /// One layer's state.
 #[derive(Debug, Clone)]
@@ -248,17 +284,19 @@ impl<B: Backend> State<B> {
                 reason: "not a regular file".into(),
             });
         }
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
         let invalid = |reason: String| Error::Safetensors {
             path: path.to_path_buf(),
             reason,
         };
-        let (_, metadata) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
-        let header = metadata.metadata().clone().unwrap_or_default();
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        // The header first: the shape it records says how long the file must be, so a file of
+        // any other length is refused before its data is read.
+        let (header_len, header) = read_header(&mut file, len).map_err(invalid)?;
         if header.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(invalid(format!(
                 "not a falcon-mamba state file (no format = {FORMAT})"
@@ -279,6 +317,18 @@ impl<B: Backend> State<B> {
                 });
             }
         }
+        let per_channel = (config.conv_kernel - 1 + config.state_size) as u64;
+        let data = [config.num_hidden_layers, batch, config.intermediate_size]
+            .into_iter()
+            .try_fold(per_channel * 4, |bytes, n| bytes.checked_mul(n as u64));
+        if data.and_then(|d| d.checked_add(8 + header_len)) != Some(len) {
+            return Err(invalid(format!(
+                "{len} bytes, not the length of a state of batch {batch} for this model"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.read_to_end(&mut bytes).map_err(io)?;
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
         let read = |name: String| -> Result<Tensor<B, 3>> {
             let view = tensors

@@ -127,6 +127,13 @@ impl ChatTemplate {
     }
 
     /// Renders a conversation; `add_generation_prompt` appends the assistant turn's opening.
+    ///
+    /// A render is bounded: it runs at most a few million template instructions (a template
+    /// looping over huge ranges is an error within a second) and writes at most 16 MiB. What
+    /// minijinja cannot bound is a value a template builds without writing it: a string doubled
+    /// in a loop costs one instruction per doubling, so such a template can use memory until the
+    /// allocator fails. Render templates from untrusted repositories only after reading them, or
+    /// pass your own ([`ChatTemplate::new`]).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self.env.get_template("chat").map_err(|e| self.error(e))?;
         let mut out = CappedText::default();
