@@ -163,7 +163,7 @@ fn measured_alone() {
     // The fused step's threads are started once and kept: the same ones 1,000 steps apart.
     println!("decode threads: {team_at_1000:?} at 1,000 steps, {team_at_2000:?} at 2,000");
     if cfg!(target_os = "linux") {
-        assert_eq!(team_at_1000.len(), rayon::current_num_threads() - 1);
+        assert_eq!(team_at_1000.len(), rayon::current_num_threads());
         assert_eq!(
             team_at_1000, team_at_2000,
             "decode threads were started anew"
